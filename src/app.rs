@@ -1,0 +1,42 @@
+//! `scatter run` from validated flags to exit code: discover, plan, then
+//! either print the plan (dry run) or execute it and report.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use log::debug;
+
+use crate::cli::{Format, RunArgs};
+use crate::config::{Clock, RunConfig};
+use crate::display::quoted;
+use crate::plan::Plan;
+use crate::supervise::{self, Options};
+use crate::{discovery, dryrun, exit, lock};
+
+/// Runs `scatter run` and returns the process exit code.
+pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
+    let cfg = RunConfig::from_args(args)?;
+    let ids = discovery::discover(&cfg.instances)?;
+    let plan = Plan::build(&cfg, ids)?;
+    if cfg.dry_run {
+        lock::check_dirs(&cfg.lock_base, &cfg.lock_dir)?;
+        // stdout is line-buffered; a plan can have 100,000 lines.
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+        dryrun::write(&plan, cfg.format, &mut out).context("cannot write the plan to stdout")?;
+        out.flush().context("cannot write the plan to stdout")?;
+        return Ok(exit::OK);
+    }
+    lock::prepare_dirs(&cfg.lock_base, &cfg.lock_dir)?;
+    if plan.entries.is_empty() {
+        debug!("no instances in {}; nothing to do", quoted(&cfg.instances));
+        return Ok(exit::OK);
+    }
+    let report = supervise::run(&plan, &clock, &Options::default())?;
+    let code = report.exit_code(&plan);
+    match cfg.format {
+        Format::Text => report.write_text(&plan, &mut std::io::stderr().lock()),
+        Format::Json => report.write_json(&plan, &mut std::io::stdout().lock()),
+    }
+    .context("cannot write the run report")?;
+    Ok(code)
+}

@@ -1,0 +1,220 @@
+//! The command line: every subcommand, flag and environment variable.
+//!
+//! This module only describes and parses; turning the parsed values into a
+//! checked configuration is `config`'s job. Each option can also be set
+//! through the environment variable named in its help (clap's `env`), which
+//! keeps crontab lines short.
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::{OsStringValueParser, TypedValueParser};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit;
+
+const ABOUT: &str =
+    "Spread one task per instance directory evenly across a time window, each under its own lock";
+
+const LONG_ABOUT: &str = "\
+scatter is run by cron once a minute. It lists the instance directories (one
+per tenant), starts one task per instance, and spreads the starts evenly
+across the window, W/N apart, so that a thousand tenants never hit the machine
+in the same second. Each task runs under a non-blocking per-instance lock, so
+a slow instance is never worked on twice at once, even when runs overlap or
+one of them is killed.";
+
+const RUN_AFTER: &str = "\
+Placeholders in COMMAND and its arguments:
+  {} or {id}   the instance id (the directory's name), as one argument
+  {path}       the instance directory's absolute path
+  {{ and }}    literal braces; any other brace is kept as it is
+The command is run directly, never through a shell. For shell syntax write:
+  scatter run --instances /srv/instances -- sh -c 'exec ./task \"$1\"' sh {}
+
+Each task also gets SCATTER_INSTANCE, SCATTER_INSTANCE_DIR, SCATTER_SLOT,
+SCATTER_WINDOW_START and SCATTER_LOCK_FD in its environment.
+
+Examples:
+  scatter run --instances /srv/instances -- curl -fsS http://127.0.0.1/{}/checkmail.php
+  scatter run --instances /srv/instances --only acme -- ./checkmail {}
+  scatter run --instances /srv/instances --dry-run --format json -- ./checkmail {}";
+
+#[derive(Parser, Debug)]
+#[command(name = "scatter", version, about = ABOUT, long_about = LONG_ABOUT, after_help = exit::HELP_TABLE)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    #[command(flatten)]
+    pub verbosity: Verbosity,
+}
+
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct Verbosity {
+    /// More detail on stderr: -v for debug, -vv for trace. RUST_LOG overrides.
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, env = "SCATTER_QUIET")]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start one task per instance, spread across the window.
+    #[command(after_help = format!("{RUN_AFTER}\n\n{}", exit::HELP_TABLE))]
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Directory whose subdirectories are the instances.
+    #[arg(long, value_name = "DIR", env = "SCATTER_INSTANCES")]
+    pub instances: PathBuf,
+
+    /// Spread the starts across this long, e.g. 60s, 1.5s, 500ms, "1m 30s".
+    #[arg(long, value_name = "DURATION", default_value = "60s", env = "SCATTER_WINDOW",
+          value_parser = parse_window)]
+    pub window: Duration,
+
+    /// Lock base directory [default: /run/lock/scatter, else $XDG_RUNTIME_DIR/scatter].
+    #[arg(long, value_name = "DIR", env = "SCATTER_LOCK_DIR")]
+    pub lock_dir: Option<PathBuf>,
+
+    /// Job name, used for the lock subdirectory [default: basename of --instances].
+    #[arg(long, value_name = "NAME", env = "SCATTER_NAME",
+          value_parser = OsStringValueParser::new().try_map(parse_name))]
+    pub name: Option<OsString>,
+
+    /// Start order: by name (bytewise) or by a stable hash of the id.
+    #[arg(long, value_enum, value_name = "ORDER", default_value_t = Order::Name, env = "SCATTER_ORDER")]
+    pub order: Order,
+
+    /// Run only this instance, at once and without spreading (repeatable).
+    #[arg(long, value_name = "ID", env = "SCATTER_ONLY", value_parser = OsStringValueParser::new())]
+    pub only: Vec<OsString>,
+
+    /// Print the plan and exit: no locks, no tasks, no waiting.
+    #[arg(long, env = "SCATTER_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Output format of the dry-run plan and of the end-of-run report.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Text, env = "SCATTER_FORMAT")]
+    pub format: Format,
+
+    /// The task to run for each instance, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND",
+          value_parser = OsStringValueParser::new(), num_args = 1..)]
+    pub command: Vec<OsString>,
+}
+
+/// The order of starts within the window.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Bytewise by instance id.
+    Name,
+    /// By a stable hash of the id, so an instance keeps nearly the same slot
+    /// as others come and go.
+    Hash,
+}
+
+impl Order {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Order::Name => "name",
+            Order::Hash => "hash",
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Parses a humantime duration that must be greater than zero.
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!(
+            "{s:?} is zero; give a positive duration such as 60s"
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses a humantime duration (`1.5s`, `500ms`, `1m 30s`); zero allowed.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "{s:?} is negative; durations must be positive, such as 60s"
+        ));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("{s:?} is not a duration ({e}); use a number with a unit, such as 60s, 1.5s, 500ms or \"1m 30s\"")
+    })
+}
+
+fn parse_name(s: OsString) -> Result<OsString, String> {
+    let bytes = <OsStr as std::os::unix::ffi::OsStrExt>::as_bytes(&s);
+    if bytes.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if bytes.contains(&b'/') {
+        return Err(format!(
+            "{s:?} contains '/'; the name must be a single path component"
+        ));
+    }
+    if bytes == b"." || bytes == b".." {
+        return Err(format!(
+            "{s:?} is not a usable name; pick a plain word such as checkmail"
+        ));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_window("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_window("1m 30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_window("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_window("0s").unwrap_err().contains("zero"));
+        assert!(parse_window("-5s").unwrap_err().contains("negative"));
+        assert!(
+            parse_window("1 fortnight")
+                .unwrap_err()
+                .contains("fortnight")
+        );
+        assert!(parse_window("60").is_err());
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn names() {
+        assert!(parse_name("checkmail".into()).is_ok());
+        assert!(parse_name("a/b".into()).unwrap_err().contains('/'));
+        assert!(parse_name("..".into()).is_err());
+        assert!(parse_name("".into()).is_err());
+    }
+
+    #[test]
+    fn help_lists_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit status:"), "{help}");
+    }
+}

@@ -1,0 +1,154 @@
+//! Turns parsed flags into a checked run configuration.
+//!
+//! Everything that can be wrong with the command line is found here, before
+//! any directory is listed or any lock is taken: unknown placeholders, an
+//! empty command, a name that is not one path component, an unusable lock
+//! directory. The dry run and the real run both start from a `RunConfig`.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use log::warn;
+
+use crate::cli::{Format, Order, RunArgs};
+use crate::display::quoted;
+use crate::exit::{self, Fatal};
+use crate::lock;
+use crate::template::Template;
+
+/// The instant the run began: deadlines are counted from here, so scatter's
+/// own start-up counts against the window.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub start: Instant,
+    pub start_wall: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+        }
+    }
+}
+
+/// A validated `scatter run`.
+#[derive(Debug)]
+pub struct RunConfig {
+    /// Absolute path of the instances directory (symlinks not resolved).
+    pub instances: PathBuf,
+    /// Job name: the lock subdirectory.
+    pub name: OsString,
+    /// `<lock base>/<name>`, holding one lock file per instance.
+    pub lock_dir: PathBuf,
+    pub lock_base: PathBuf,
+    pub window: Duration,
+    pub order: Order,
+    pub only: Vec<OsString>,
+    pub dry_run: bool,
+    pub format: Format,
+    pub template: Template,
+    /// The command resolved through PATH once, when it has no placeholder.
+    pub program: Option<PathBuf>,
+}
+
+impl RunConfig {
+    pub fn from_args(args: RunArgs) -> Result<RunConfig> {
+        let template = Template::parse(&args.command)?;
+        let program = match template.fixed_program() {
+            Some(name) => resolve_program(&name, args.dry_run)?,
+            None => None,
+        };
+        let instances = std::path::absolute(&args.instances)
+            .with_context(|| format!("--instances {}", quoted(&args.instances)))?;
+        let name = match args.name {
+            Some(name) => name,
+            None => default_name(&instances)?,
+        };
+        let lock_base = lock::resolve_base(args.lock_dir.as_deref())?;
+        let lock_dir = lock::job_dir(&lock_base, &name);
+        Ok(RunConfig {
+            instances,
+            name,
+            lock_dir,
+            lock_base,
+            window: args.window,
+            order: args.order,
+            only: args.only,
+            dry_run: args.dry_run,
+            format: args.format,
+            template,
+            program,
+        })
+    }
+}
+
+/// Looks the command up once, as execvp would at every start, so that a typo
+/// or cron's short PATH is reported before anything runs. A dry run only
+/// warns: CI may check plans on a machine without the command.
+fn resolve_program(name: &OsStr, dry_run: bool) -> Result<Option<PathBuf>> {
+    match which::which(name) {
+        Ok(path) => Ok(Some(path)),
+        Err(_) if dry_run => {
+            warn!("command {} not found on this machine", quoted(name));
+            Ok(None)
+        }
+        Err(_) => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let hint = if Path::new(name).components().count() > 1 {
+                "check the path; a relative path is taken from the directory scatter runs in"
+                    .to_string()
+            } else {
+                format!(
+                    "PATH is {}; cron's default PATH is only /usr/bin:/bin, so give the full path or set PATH in the crontab",
+                    quoted(&path)
+                )
+            };
+            Err(Fatal {
+                code: exit::NOT_FOUND,
+                message: format!("command {} not found or not executable", quoted(name)),
+                hint: Some(hint),
+            }
+            .into())
+        }
+    }
+}
+
+/// The basename of the instances directory, as given (a symlinked
+/// `/srv/instances` is still named `instances`).
+fn default_name(instances: &std::path::Path) -> Result<OsString> {
+    let named = instances.file_name().map(OsString::from).or_else(|| {
+        std::fs::canonicalize(instances)
+            .ok()
+            .and_then(|p| p.file_name().map(OsString::from))
+    });
+    named.ok_or_else(|| {
+        Fatal::usage(format!(
+            "cannot derive a job name from --instances {}",
+            quoted(instances)
+        ))
+        .hint("pass --name NAME (one path component, such as checkmail)")
+        .into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_name_is_the_basename() {
+        assert_eq!(
+            default_name(Path::new("/srv/instances")).unwrap(),
+            "instances"
+        );
+        assert_eq!(
+            default_name(Path::new("/srv/instances/")).unwrap(),
+            "instances"
+        );
+        assert!(default_name(Path::new("/")).is_err());
+    }
+}

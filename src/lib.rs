@@ -1,0 +1,22 @@
+//! scatter: spread one task per instance directory evenly across a time
+//! window, each under its own non-blocking lock.
+//!
+//! The binary (`main.rs`) only parses flags and maps results to exit codes;
+//! everything else is in these modules, one responsibility each.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod display;
+pub mod dryrun;
+pub mod exit;
+pub mod lock;
+pub mod lockname;
+pub mod logging;
+pub mod plan;
+pub mod platform;
+pub mod report;
+pub mod spawn;
+pub mod supervise;
+pub mod template;

@@ -1,0 +1,503 @@
+//! Per-instance locks: where they live, how they are opened, who holds them.
+//!
+//! Each instance has one lock file, `<lock-dir>/<name>/<encoded-id>.lock`,
+//! locked with a non-blocking exclusive `flock(2)` (`File::try_lock`). The
+//! locked descriptor is inherited by the task, so the lock lives exactly as
+//! long as the task and its children, even if scatter itself is killed.
+//!
+//! The directories are private to the user running scatter (owned by them,
+//! not group- or world-writable), because anyone who can write there can
+//! plant a symlink or FIFO or hold a lock forever. Lock files are opened with
+//! `O_NOFOLLOW|O_NONBLOCK`, checked with `fstat`, never unlinked and never
+//! created with `O_EXCL`, so a stale file is simply reused.
+//!
+//! While a task runs, its lock file holds a one-line [`Holder`] record, so a
+//! skipped run can say who holds the lock and since when, and `/proc` can
+//! tell a live holder from a reused pid.
+
+use std::ffi::OsStr;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+
+use crate::display::{self, quoted};
+use crate::exit::Fatal;
+use crate::lockname::encode_id;
+use crate::platform;
+
+/// The system-wide default lock base, on tmpfs on every modern distribution.
+pub const SYSTEM_BASE: &str = "/run/lock/scatter";
+
+const DIR_MODE: u32 = 0o755;
+const FILE_MODE: u32 = 0o644;
+
+/// Chooses the lock base directory without touching the file system beyond
+/// `stat`, so the dry run and the real run agree on it.
+pub fn resolve_base(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        let dir =
+            std::path::absolute(dir).with_context(|| format!("--lock-dir {}", quoted(dir)))?;
+        return Ok(dir);
+    }
+    let system = Path::new(SYSTEM_BASE);
+    let system_problem = match usable_or_creatable(system) {
+        Ok(()) => return Ok(system.to_path_buf()),
+        Err(why) => why,
+    };
+    let xdg = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let xdg_problem = match &xdg {
+        Some(dir) => {
+            let candidate = dir.join("scatter");
+            match usable_or_creatable(&candidate) {
+                Ok(()) => return Ok(candidate),
+                Err(why) => format!("{}: {why}", quoted(&candidate)),
+            }
+        }
+        None => "XDG_RUNTIME_DIR is not set".to_string(),
+    };
+    Err(Fatal::usage(format!(
+        "no usable lock directory: {SYSTEM_BASE}: {system_problem}; {xdg_problem}"
+    ))
+    .hint("pass --lock-dir DIR (or set SCATTER_LOCK_DIR) to a directory on tmpfs owned by this user, for example /run/scatter when running as root")
+    .into())
+}
+
+/// Whether `dir` is a private directory we own, or could be created as one.
+fn usable_or_creatable(dir: &Path) -> std::result::Result<(), String> {
+    match fs::metadata(dir) {
+        Ok(_) => check_private(dir).map_err(|f| f.message),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            let parent = dir.parent().unwrap_or(Path::new("/"));
+            rustix::fs::access(
+                parent,
+                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            )
+            .map_err(|e| format!("cannot create it in {}: {e}", quoted(parent)))
+        }
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Checks that `dir` is a directory owned by us and not writable by others.
+fn check_private(dir: &Path) -> std::result::Result<(), Fatal> {
+    // Follows a symlink: the user may point --lock-dir at one. What matters
+    // is who can write into the directory it leads to.
+    let meta = fs::metadata(dir)
+        .map_err(|e| Fatal::usage(format!("lock directory {}: {e}", quoted(dir))))?;
+    if !meta.is_dir() {
+        return Err(
+            Fatal::usage(format!("lock directory {} is not a directory", quoted(dir)))
+                .hint("point --lock-dir at a directory"),
+        );
+    }
+    let me = platform::euid();
+    if meta.uid() != me {
+        return Err(Fatal::usage(format!(
+            "lock directory {} is owned by uid {}, not by uid {me} running scatter",
+            quoted(dir),
+            meta.uid()
+        ))
+        .hint(
+            "another user could hold or plant locks there; use a directory you own, via --lock-dir",
+        ));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o022 != 0 {
+        // A sticky world-writable directory such as /tmp or /run/lock is
+        // shared on purpose; suggest a private subdirectory, not a chmod.
+        let hint = if mode & 0o1000 != 0 {
+            format!(
+                "anyone can write there; use a private subdirectory, such as --lock-dir {}",
+                quoted(dir.join("scatter"))
+            )
+        } else {
+            format!(
+                "anyone who can write there can plant or hold locks; run `chmod go-w {}` or use another directory",
+                quoted(dir)
+            )
+        };
+        return Err(Fatal::usage(format!(
+            "lock directory {} is group- or world-writable (mode {:o})",
+            quoted(dir),
+            mode & 0o7777
+        ))
+        .hint(hint));
+    }
+    Ok(())
+}
+
+/// The directory holding one job's lock files: `<base>/<name>`.
+pub fn job_dir(base: &Path, name: &OsStr) -> PathBuf {
+    base.join(name)
+}
+
+/// Checks the lock directories without creating anything (dry run): those
+/// that exist must be private.
+pub fn check_dirs(base: &Path, job_dir: &Path) -> Result<()> {
+    for dir in [base, job_dir] {
+        if fs::symlink_metadata(dir).is_ok() {
+            check_private(dir)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the lock directories (mode 0755) where missing and checks that
+/// both are private.
+pub fn prepare_dirs(base: &Path, job_dir: &Path) -> Result<()> {
+    for (dir, recursive) in [(base, true), (job_dir, false)] {
+        match DirBuilder::new()
+            .recursive(recursive)
+            .mode(DIR_MODE)
+            .create(dir)
+        {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    Fatal::usage(format!("cannot create lock directory {}", quoted(dir)))
+                        .hint("choose a writable directory on tmpfs with --lock-dir")
+                });
+            }
+        }
+        check_private(dir)?;
+    }
+    Ok(())
+}
+
+/// The lock file of one instance.
+pub fn lock_path(job_dir: &Path, id: &OsStr) -> PathBuf {
+    let mut name = encode_id(id);
+    name.push_str(".lock");
+    job_dir.join(name)
+}
+
+/// The result of trying to lock an instance.
+#[derive(Debug)]
+pub enum Attempt {
+    /// We hold the lock; the file is the locked descriptor.
+    Acquired(File),
+    /// Someone else holds it; their record, if readable.
+    Busy(Option<Holder>),
+}
+
+/// Why an instance's lock could not even be tried. Only that instance fails.
+#[derive(Debug)]
+pub enum LockError {
+    /// The path holds something we refuse to use (symlink, FIFO, foreign file).
+    Unsafe(String),
+    /// An I/O error such as EMFILE or EROFS.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Unsafe(why) => f.write_str(why),
+            LockError::Io(err) => write!(f, "{err}"),
+        }
+    }
+}
+
+/// Opens (creating if needed) and tries to lock an instance's lock file.
+pub fn try_acquire(path: &Path) -> std::result::Result<Attempt, LockError> {
+    let shown = quoted(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(FILE_MODE)
+        // std adds O_CLOEXEC itself.
+        .custom_flags(libc_flags())
+        .open(path)
+        .map_err(|err| match rustix::io::Errno::from_io_error(&err) {
+            Some(rustix::io::Errno::LOOP) => LockError::Unsafe(format!(
+                "lock file {shown} is a symlink; refusing to follow it"
+            )),
+            Some(rustix::io::Errno::ISDIR) => {
+                LockError::Unsafe(format!("lock file {shown} is a directory"))
+            }
+            _ => LockError::Io(io::Error::new(
+                err.kind(),
+                format!("cannot open lock file {shown}: {err}"),
+            )),
+        })?;
+    let meta = file.metadata().map_err(|e| {
+        LockError::Io(io::Error::new(
+            e.kind(),
+            format!("cannot stat lock file {shown}: {e}"),
+        ))
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(LockError::Unsafe(format!(
+            "lock file {shown} is not a regular file ({}); refusing to use it",
+            kind_of(&meta)
+        )));
+    }
+    let me = platform::euid();
+    if meta.uid() != me {
+        return Err(LockError::Unsafe(format!(
+            "lock file {shown} is owned by uid {}, not by uid {me} running scatter",
+            meta.uid()
+        )));
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(Attempt::Acquired(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(Attempt::Busy(Holder::read_from(&file))),
+        Err(fs::TryLockError::Error(err)) => Err(LockError::Io(io::Error::new(
+            err.kind(),
+            format!("cannot lock {shown}: {err}"),
+        ))),
+    }
+}
+
+fn libc_flags() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
+}
+
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Who holds an instance's lock: written into the lock file right after the
+/// task starts, while scatter still holds the locked descriptor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holder {
+    /// The task's pid, which is also its process group id.
+    pub pid: i32,
+    /// The task's start time in clock ticks since boot (`/proc/<pid>/stat`
+    /// field 22), to tell it from a later process that reuses the pid.
+    pub starttime: u64,
+    /// Wall-clock start.
+    pub started: SystemTime,
+    /// The timeout the task runs under, if any.
+    pub timeout: Option<Duration>,
+    /// The pid of the scatter run that started it.
+    pub run_pid: i32,
+}
+
+const RECORD_TAG: &str = "scatter-holder/1";
+
+impl Holder {
+    /// The record's one-line text form.
+    pub fn to_line(&self) -> String {
+        let started = decimal_secs(self.started.duration_since(UNIX_EPOCH).unwrap_or_default());
+        let timeout = self.timeout.map_or("none".to_string(), decimal_secs);
+        format!(
+            "{RECORD_TAG} pid={} starttime={} started={started} timeout={timeout} run={}\n",
+            self.pid, self.starttime, self.run_pid
+        )
+    }
+
+    /// Parses the first line of a lock file; `None` if it is not a record.
+    pub fn parse(text: &str) -> Option<Holder> {
+        let line = text.lines().next()?;
+        let mut words = line.split(' ');
+        if words.next()? != RECORD_TAG {
+            return None;
+        }
+        let (mut pid, mut starttime, mut started, mut timeout, mut run_pid) =
+            (None, None, None, None, 0);
+        for word in words {
+            let (key, value) = word.split_once('=')?;
+            match key {
+                "pid" => pid = value.parse().ok(),
+                "starttime" => starttime = value.parse().ok(),
+                "started" => started = parse_decimal_secs(value),
+                "timeout" if value != "none" => timeout = Some(parse_decimal_secs(value)?),
+                "run" => run_pid = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        Some(Holder {
+            pid: pid?,
+            starttime: starttime?,
+            started: UNIX_EPOCH + started?,
+            timeout,
+            run_pid,
+        })
+    }
+
+    /// Reads the record from a lock file we opened but do not hold.
+    pub fn read_from(mut file: &File) -> Option<Holder> {
+        let mut buf = String::new();
+        file.seek(SeekFrom::Start(0)).ok()?;
+        file.take(512).read_to_string(&mut buf).ok()?;
+        Holder::parse(&buf)
+    }
+
+    /// Writes the record into the lock file we hold. The write goes first and
+    /// the truncation after, so a concurrent reader sees a whole first line.
+    pub fn write_to(&self, mut file: &File) -> io::Result<()> {
+        let line = self.to_line();
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(line.as_bytes())?;
+        file.set_len(line.len() as u64)
+    }
+
+    /// Whether the recorded process is still the one that took the lock.
+    pub fn is_alive(&self) -> bool {
+        platform::proc_stat(self.pid).is_some_and(|s| s.starttime == self.starttime)
+    }
+
+    /// "pid 1234 since 2026-11-23T15:12:01Z (3m 2s)", for skip messages.
+    pub fn describe(&self, now: SystemTime) -> String {
+        let age = now.duration_since(self.started).unwrap_or_default();
+        let since = humantime::format_rfc3339_seconds(self.started);
+        if self.is_alive() {
+            format!(
+                "pid {} since {since} ({} ago)",
+                self.pid,
+                display::duration(age)
+            )
+        } else {
+            format!(
+                "a process whose last recorded holder (pid {} since {since}) has exited; perhaps a child it left behind",
+                self.pid
+            )
+        }
+    }
+}
+
+/// Seconds with microseconds, written exactly: `1763900000.123456`.
+fn decimal_secs(d: Duration) -> String {
+    format!("{}.{:06}", d.as_secs(), d.subsec_micros())
+}
+
+fn parse_decimal_secs(s: &str) -> Option<Duration> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
+    Some(Duration::new(secs.parse().ok()?, nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_round_trips() {
+        let h = Holder {
+            pid: 1234,
+            starttime: 98765,
+            started: UNIX_EPOCH + Duration::from_micros(1_763_900_000_123_456),
+            timeout: Some(Duration::from_millis(30_500)),
+            run_pid: 42,
+        };
+        assert_eq!(Holder::parse(&h.to_line()), Some(h.clone()));
+        let none = Holder { timeout: None, ..h };
+        assert_eq!(Holder::parse(&none.to_line()), Some(none));
+        assert_eq!(Holder::parse("garbage"), None);
+        assert_eq!(Holder::parse(""), None);
+    }
+
+    #[test]
+    fn a_longer_old_record_does_not_confuse_the_parser() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("x.lock");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        std::fs::write(&path, "scatter-holder/1 pid=99999999 starttime=1 started=1.0 timeout=none run=1 padding padding\n").unwrap();
+        let h = Holder {
+            pid: 7,
+            starttime: 8,
+            started: UNIX_EPOCH + Duration::from_secs(9),
+            timeout: None,
+            run_pid: 1,
+        };
+        h.write_to(&file).unwrap();
+        assert_eq!(Holder::read_from(&file), Some(h));
+    }
+
+    #[test]
+    fn second_lock_attempt_is_busy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.lock");
+        let first = match try_acquire(&path).unwrap() {
+            Attempt::Acquired(f) => f,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(try_acquire(&path).unwrap(), Attempt::Busy(None)));
+        drop(first);
+        assert!(matches!(try_acquire(&path).unwrap(), Attempt::Acquired(_)));
+    }
+
+    #[test]
+    fn planted_symlink_and_fifo_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("target");
+        std::fs::write(&target, "precious").unwrap();
+        let link = tmp.path().join("l.lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = try_acquire(&link).unwrap_err();
+        assert!(
+            matches!(err, LockError::Unsafe(ref m) if m.contains("symlink")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+
+        let fifo = tmp.path().join("f.lock");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from(0o644),
+            0,
+        )
+        .unwrap();
+        let err = try_acquire(&fifo).unwrap_err();
+        assert!(
+            matches!(err, LockError::Unsafe(ref m) if m.contains("FIFO")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn world_writable_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("locks");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::set_permissions(&base, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare_dirs(&base, &base.join("job")).unwrap_err();
+        assert!(format!("{err:#}").contains("world-writable"), "{err:#}");
+        std::fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_dirs(&base, &base.join("job")).unwrap();
+        let mode = fs::metadata(base.join("job")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o022, 0);
+    }
+
+    #[test]
+    fn lock_paths_use_the_encoding() {
+        let p = lock_path(Path::new("/run/lock/scatter/job"), OsStr::new("a b"));
+        assert_eq!(p, Path::new("/run/lock/scatter/job/a%20b.lock"));
+    }
+}

@@ -1,0 +1,264 @@
+//! Linux plumbing: signals, reaping, process groups, descriptors, `/proc`.
+//!
+//! Everything that talks to the kernel below the level of `std` lives here,
+//! so the supervisor reads as policy. The signal design follows the
+//! self-pipe pattern: handlers only bump counters and write a byte to a
+//! non-blocking pipe, and the supervisor's single loop `poll`s that pipe with
+//! a timeout at its next absolute deadline. No signal is ever blocked,
+//! because children would inherit the blocked mask.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rustix::event::Timespec;
+pub use rustix::event::{PollFd, PollFlags};
+use rustix::io::{Errno, FdFlags};
+use rustix::pipe::PipeFlags;
+use rustix::process::{Pid, Signal, WaitOptions};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+
+/// The effective uid scatter runs as.
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Our own pid.
+pub fn pid() -> i32 {
+    rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// Marks a descriptor as inherited (or not) by the next spawned child.
+pub fn set_inheritable(fd: BorrowedFd<'_>, inherit: bool) -> io::Result<()> {
+    let flags = if inherit {
+        FdFlags::empty()
+    } else {
+        FdFlags::CLOEXEC
+    };
+    rustix::io::fcntl_setfd(fd, flags)?;
+    Ok(())
+}
+
+/// What `/proc/<pid>/stat` says about a process that we care about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Field 5: the process group id.
+    pub pgrp: i32,
+    /// Field 22: start time in clock ticks since boot. Together with the pid
+    /// it identifies a process even after the pid is reused.
+    pub starttime: u64,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` if the process does not exist.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let mut buf = Vec::with_capacity(512);
+    File::open(format!("/proc/{pid}/stat"))
+        .ok()?
+        .read_to_end(&mut buf)
+        .ok()?;
+    parse_stat(&buf)
+}
+
+fn parse_stat(buf: &[u8]) -> Option<ProcStat> {
+    // The command name (field 2) is in parentheses and may itself contain
+    // spaces and parentheses, so fields are counted from the last `)`.
+    let close = buf.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&buf[close + 1..]).ok()?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // fields[0] is field 3 (state).
+    Some(ProcStat {
+        pgrp: fields.get(2)?.parse().ok()?,
+        starttime: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Reaps one terminated child of any process group, without blocking.
+/// `None` when no child has terminated (or there are no children).
+pub fn reap_any() -> io::Result<Option<(i32, ExitStatus)>> {
+    // `rustix::process::wait` is waitpid(-1): `waitpid(None, …)` would be
+    // waitpid(0), which never sees children in their own process groups.
+    match rustix::process::wait(WaitOptions::NOHANG) {
+        Ok(Some((pid, status))) => {
+            let exit = match (status.exit_status(), status.terminating_signal()) {
+                (Some(code), _) => ExitStatus::Code(code),
+                (None, Some(sig)) => ExitStatus::Signal(sig),
+                // Stopped or continued: not an exit, and not requested.
+                _ => return Ok(None),
+            };
+            Ok(Some((pid.as_raw_nonzero().get(), exit)))
+        }
+        Ok(None) | Err(Errno::CHILD) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Sends `sig` to every process in group `pgid`. A group that no longer
+/// exists is not an error.
+pub fn kill_group(pgid: i32, sig: i32) -> io::Result<()> {
+    let (Some(pid), Some(sig)) = (Pid::from_raw(pgid), Signal::from_named_raw(sig)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    match rustix::process::kill_process_group(pid, sig) {
+        Ok(()) | Err(Errno::SRCH) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Whether any process is still in group `pgid`.
+pub fn group_alive(pgid: i32) -> bool {
+    Pid::from_raw(pgid).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
+}
+
+/// `SIGTERM`, `SIGKILL`… for messages; the number for anything unusual.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        5 => "SIGTRAP",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        10 => "SIGUSR1",
+        11 => "SIGSEGV",
+        12 => "SIGUSR2",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_string()
+}
+
+/// The self-pipe: wakes the supervisor on SIGCHLD and on the stop signals
+/// (SIGTERM, SIGINT, SIGHUP), and remembers which stop signal came last and
+/// how many came.
+pub struct Signals {
+    read: OwnedFd,
+    stops: Arc<AtomicUsize>,
+    last_stop: Arc<AtomicUsize>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl Signals {
+    pub fn install() -> io::Result<Signals> {
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        let stops = Arc::new(AtomicUsize::new(0));
+        let last_stop = Arc::new(AtomicUsize::new(0));
+        let mut ids = Vec::new();
+        for sig in [SIGCHLD, SIGTERM, SIGINT, SIGHUP] {
+            ids.push(signal_hook::low_level::pipe::register_raw(
+                sig,
+                write.try_clone()?,
+            )?);
+        }
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            let (stops, last) = (Arc::clone(&stops), Arc::clone(&last_stop));
+            // SAFETY: the action only performs atomic stores, which are
+            // async-signal-safe; it allocates nothing and takes no lock.
+            let id = unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    last.store(sig as usize, Ordering::SeqCst);
+                    stops.fetch_add(1, Ordering::SeqCst);
+                })
+            }?;
+            ids.push(id);
+        }
+        drop(write);
+        Ok(Signals {
+            read,
+            stops,
+            last_stop,
+            ids,
+        })
+    }
+
+    /// How many stop signals arrived so far, and the number of the last one.
+    pub fn stops(&self) -> (usize, i32) {
+        let count = self.stops.load(Ordering::SeqCst);
+        (count, self.last_stop.load(Ordering::SeqCst) as i32)
+    }
+
+    /// The pipe's read end, to put first in the supervisor's poll set.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    /// Empties the pipe after `poll` reported it readable.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = rustix::io::read(&self.read, &mut buf) {
+            if n < buf.len() {
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// `poll` with a nanosecond timeout (`None`: wait indefinitely). An
+/// interruption by a signal counts as a wake-up with nothing ready.
+pub fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
+    let ts = timeout.map(|d| {
+        Timespec::try_from(d).unwrap_or(Timespec {
+            tv_sec: i64::from(i32::MAX),
+            tv_nsec: 0,
+        })
+    });
+    match rustix::event::poll(fds, ts.as_ref()) {
+        Ok(n) => Ok(n),
+        Err(Errno::INTR) => Ok(0),
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_paren() {
+        let line = b"4242 (a) (b c) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10 1\n";
+        assert_eq!(
+            parse_stat(line),
+            Some(ProcStat {
+                pgrp: 4242,
+                starttime: 987654
+            })
+        );
+    }
+
+    #[test]
+    fn own_stat_is_readable() {
+        let me = proc_stat(pid()).expect("own /proc stat");
+        assert!(me.starttime > 0);
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(40), "signal 40");
+    }
+}
