@@ -10,7 +10,7 @@ use crate::cli::{Format, RunArgs};
 use crate::config::{Clock, RunConfig};
 use crate::display::quoted;
 use crate::plan::Plan;
-use crate::supervise::{self, Options};
+use crate::supervise;
 use crate::{discovery, dryrun, exit, lock};
 
 /// Runs `scatter run` and returns the process exit code.
@@ -31,7 +31,7 @@ pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
         debug!("no instances in {}; nothing to do", quoted(&cfg.instances));
         return Ok(exit::OK);
     }
-    let report = supervise::run(&plan, &clock, &Options::default())?;
+    let report = supervise::run(&plan, &clock, &cfg.supervision)?;
     let code = report.exit_code(&plan);
     match cfg.format {
         Format::Text => report.write_text(&plan, &mut std::io::stderr().lock()),

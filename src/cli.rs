@@ -6,6 +6,7 @@
 //! keeps crontab lines short.
 
 use std::ffi::{OsStr, OsString};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +36,12 @@ The command is run directly, never through a shell. For shell syntax write:
 
 Each task also gets SCATTER_INSTANCE, SCATTER_INSTANCE_DIR, SCATTER_SLOT,
 SCATTER_WINDOW_START and SCATTER_LOCK_FD in its environment.
+
+With --timeout, a task still running after DURATION gets SIGTERM sent to its
+whole process group, and SIGKILL --kill-after later. On SIGTERM, SIGINT or
+SIGHUP scatter stops starting tasks, forwards the signal to every task's
+group, and SIGKILLs what remains after --kill-after; a second signal kills
+at once.
 
 Examples:
   scatter run --instances /srv/instances -- curl -fsS http://127.0.0.1/{}/checkmail.php
@@ -105,6 +112,28 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Text, env = "SCATTER_FORMAT")]
     pub format: Format,
 
+    /// At most N tasks of this run alive at once; due starts wait for a free slot.
+    #[arg(long, value_name = "N", env = "SCATTER_MAX_CONCURRENT", value_parser = parse_cap)]
+    pub max_concurrent: Option<NonZeroUsize>,
+
+    /// SIGTERM a task's whole process group after this long.
+    #[arg(long, value_name = "DURATION", env = "SCATTER_TIMEOUT", value_parser = parse_window)]
+    pub timeout: Option<Duration>,
+
+    /// Grace period before SIGKILL, after a timeout or a stop signal (0: at once).
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "SCATTER_KILL_AFTER",
+          value_parser = parse_duration)]
+    pub kill_after: Duration,
+
+    /// Exit right after the last start; tasks keep running under their locks.
+    #[arg(long, env = "SCATTER_DETACH")]
+    pub detach: bool,
+
+    /// Task output: inherit, null, tag, dir=PATH or on-failure.
+    #[arg(long, value_name = "MODE", default_value = "inherit", env = "SCATTER_OUTPUT",
+          value_parser = parse_output)]
+    pub output: OutputMode,
+
     /// The task to run for each instance, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND",
           value_parser = OsStringValueParser::new(), num_args = 1..)]
@@ -160,6 +189,49 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
+/// Where the tasks' stdout and stderr go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Scatter's own stdout and stderr.
+    Inherit,
+    /// Discarded.
+    Null,
+    /// Through scatter, every line prefixed with `<id>: `, on stdout.
+    Tag,
+    /// Into `PATH/<encoded-id>.log`, replaced on each run.
+    Dir(PathBuf),
+    /// Kept aside and shown (tagged) only if the task failed or timed out.
+    OnFailure,
+}
+
+fn parse_output(s: &str) -> Result<OutputMode, String> {
+    Ok(match s {
+        "inherit" => OutputMode::Inherit,
+        "null" => OutputMode::Null,
+        "tag" => OutputMode::Tag,
+        "on-failure" => OutputMode::OnFailure,
+        _ => match s.strip_prefix("dir=") {
+            Some("") => return Err("dir= needs a directory, as in dir=/var/log/scatter".into()),
+            Some(dir) => OutputMode::Dir(PathBuf::from(dir)),
+            None => {
+                return Err(format!(
+                    "{s:?} is not an output mode; use inherit, null, tag, dir=PATH or on-failure"
+                ));
+            }
+        },
+    })
+}
+
+fn parse_cap(s: &str) -> Result<NonZeroUsize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("0 would never start anything; give at least 1".into()),
+        Ok(n) => Ok(NonZeroUsize::new(n).expect("n is not zero")),
+        Err(_) => Err(format!(
+            "{s:?} is not a number of tasks; give a whole number such as 50"
+        )),
+    }
+}
+
 fn parse_name(s: OsString) -> Result<OsString, String> {
     let bytes = <OsStr as std::os::unix::ffi::OsStrExt>::as_bytes(&s);
     if bytes.is_empty() {
@@ -202,6 +274,24 @@ mod tests {
         );
         assert!(parse_window("60").is_err());
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn output_modes() {
+        assert_eq!(parse_output("tag").unwrap(), OutputMode::Tag);
+        assert_eq!(
+            parse_output("dir=/x").unwrap(),
+            OutputMode::Dir("/x".into())
+        );
+        assert!(parse_output("dir=").is_err());
+        assert!(parse_output("file").unwrap_err().contains("on-failure"));
+    }
+
+    #[test]
+    fn caps() {
+        assert_eq!(parse_cap("3").unwrap().get(), 3);
+        assert!(parse_cap("0").unwrap_err().contains("at least 1"));
+        assert!(parse_cap("-1").is_err());
     }
 
     #[test]

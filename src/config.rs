@@ -12,10 +12,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use log::warn;
 
-use crate::cli::{Format, Order, RunArgs};
+use crate::cli::{Format, Order, OutputMode, RunArgs};
 use crate::display::quoted;
 use crate::exit::{self, Fatal};
 use crate::lock;
+use crate::supervise::Options;
 use crate::template::Template;
 
 /// The instant the run began: deadlines are counted from here, so scatter's
@@ -53,6 +54,8 @@ pub struct RunConfig {
     pub template: Template,
     /// The command resolved through PATH once, when it has no placeholder.
     pub program: Option<PathBuf>,
+    /// Concurrency cap, timeouts, detach, output.
+    pub supervision: Options,
 }
 
 impl RunConfig {
@@ -68,6 +71,25 @@ impl RunConfig {
             Some(name) => name,
             None => default_name(&instances)?,
         };
+        let output = match args.output {
+            OutputMode::Dir(dir) => OutputMode::Dir(
+                std::path::absolute(&dir)
+                    .with_context(|| format!("--output dir={}", quoted(&dir)))?,
+            ),
+            other => other,
+        };
+        if args.detach && matches!(output, OutputMode::Tag | OutputMode::OnFailure) {
+            return Err(Fatal::usage("--detach cannot be combined with --output tag or on-failure")
+                .hint("with --detach scatter exits before the tasks finish, so it cannot relay their output; use --output dir=PATH or null")
+                .into());
+        }
+        let supervision = Options {
+            max_concurrent: args.max_concurrent,
+            timeout: args.timeout,
+            kill_after: args.kill_after,
+            detach: args.detach,
+            output,
+        };
         let lock_base = lock::resolve_base(args.lock_dir.as_deref())?;
         let lock_dir = lock::job_dir(&lock_base, &name);
         Ok(RunConfig {
@@ -82,6 +104,7 @@ impl RunConfig {
             format: args.format,
             template,
             program,
+            supervision,
         })
     }
 }

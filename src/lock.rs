@@ -290,6 +290,9 @@ pub struct Holder {
     pub started: SystemTime,
     /// The timeout the task runs under, if any.
     pub timeout: Option<Duration>,
+    /// The grace period between SIGTERM and SIGKILL of the run that
+    /// started it (`--kill-after`).
+    pub grace: Duration,
     /// The pid of the scatter run that started it.
     pub run_pid: i32,
 }
@@ -302,8 +305,11 @@ impl Holder {
         let started = decimal_secs(self.started.duration_since(UNIX_EPOCH).unwrap_or_default());
         let timeout = self.timeout.map_or("none".to_string(), decimal_secs);
         format!(
-            "{RECORD_TAG} pid={} starttime={} started={started} timeout={timeout} run={}\n",
-            self.pid, self.starttime, self.run_pid
+            "{RECORD_TAG} pid={} starttime={} started={started} timeout={timeout} grace={} run={}\n",
+            self.pid,
+            self.starttime,
+            decimal_secs(self.grace),
+            self.run_pid
         )
     }
 
@@ -316,6 +322,7 @@ impl Holder {
         }
         let (mut pid, mut starttime, mut started, mut timeout, mut run_pid) =
             (None, None, None, None, 0);
+        let mut grace = Duration::ZERO;
         for word in words {
             let (key, value) = word.split_once('=')?;
             match key {
@@ -323,6 +330,7 @@ impl Holder {
                 "starttime" => starttime = value.parse().ok(),
                 "started" => started = parse_decimal_secs(value),
                 "timeout" if value != "none" => timeout = Some(parse_decimal_secs(value)?),
+                "grace" => grace = parse_decimal_secs(value)?,
                 "run" => run_pid = value.parse().unwrap_or(0),
                 _ => {}
             }
@@ -332,6 +340,7 @@ impl Holder {
             starttime: starttime?,
             started: UNIX_EPOCH + started?,
             timeout,
+            grace,
             run_pid,
         })
     }
@@ -351,6 +360,17 @@ impl Holder {
         file.seek(SeekFrom::Start(0))?;
         file.write_all(line.as_bytes())?;
         file.set_len(line.len() as u64)
+    }
+
+    /// Whether the task is past its timeout plus the grace period its own
+    /// run would have allowed: by then that run, if alive, would have killed
+    /// it, so it is hung and orphaned.
+    pub fn is_overdue(&self, now: SystemTime) -> bool {
+        let Some(timeout) = self.timeout else {
+            return false;
+        };
+        now.duration_since(self.started)
+            .is_ok_and(|age| age > timeout + self.grace)
     }
 
     /// Whether the recorded process is still the one that took the lock.
@@ -406,6 +426,7 @@ mod tests {
             starttime: 98765,
             started: UNIX_EPOCH + Duration::from_micros(1_763_900_000_123_456),
             timeout: Some(Duration::from_millis(30_500)),
+            grace: Duration::from_secs(10),
             run_pid: 42,
         };
         assert_eq!(Holder::parse(&h.to_line()), Some(h.clone()));
@@ -432,6 +453,7 @@ mod tests {
             starttime: 8,
             started: UNIX_EPOCH + Duration::from_secs(9),
             timeout: None,
+            grace: Duration::ZERO,
             run_pid: 1,
         };
         h.write_to(&file).unwrap();

@@ -75,6 +75,38 @@ fn parse_stat(buf: &[u8]) -> Option<ProcStat> {
     })
 }
 
+/// Every process whose process group is `pgid`, found by scanning `/proc`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|s| s.pgrp == pgid))
+        .collect()
+}
+
+/// Whether process `pid` has the file with this device and inode open.
+pub fn has_open(pid: i32, dev: u64, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .any(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// Sends `sig` to one process.
+pub fn kill_process(pid: i32, sig: i32) -> io::Result<()> {
+    let (Some(pid), Some(sig)) = (Pid::from_raw(pid), Signal::from_named_raw(sig)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    match rustix::process::kill_process(pid, sig) {
+        Ok(()) | Err(Errno::SRCH) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -100,6 +132,16 @@ pub fn reap_any() -> io::Result<Option<(i32, ExitStatus)>> {
         Ok(None) | Err(Errno::CHILD) => Ok(None),
         Err(err) => Err(err.into()),
     }
+}
+
+/// A pipe for a task's output: the read end is non-blocking and stays in
+/// scatter; the write end is handed to the task. Both are close-on-exec in
+/// scatter (std dups the write end onto the task's stdout and stderr).
+pub fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    let flags = rustix::fs::fcntl_getfl(&read)?;
+    rustix::fs::fcntl_setfl(&read, flags | rustix::fs::OFlags::NONBLOCK)?;
+    Ok((read, write))
 }
 
 /// Sends `sig` to every process in group `pgid`. A group that no longer

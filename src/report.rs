@@ -20,6 +20,19 @@ use crate::platform::signal_name;
 pub enum Skip {
     /// Its lock is held by another process (described).
     Locked(String),
+    /// Its lock was held by a task past its timeout whose run had died; that
+    /// task's group was killed, and the next window runs the instance.
+    KilledHungHolder(String),
+}
+
+impl Skip {
+    /// The reason, as shown in reports.
+    pub fn reason(&self) -> String {
+        match self {
+            Skip::Locked(holder) => format!("locked by {holder}"),
+            Skip::KilledHungHolder(holder) => format!("killed a hung holder: {holder}"),
+        }
+    }
 }
 
 /// How one instance ended this run.
@@ -219,7 +232,7 @@ impl Report {
                 None => format!("timed out{after}"),
             },
             Outcome::FailedToStart { reason, .. } => format!("failed to start: {reason}"),
-            Outcome::Skipped(Skip::Locked(holder)) => format!("skipped: locked by {holder}"),
+            Outcome::Skipped(skip) => format!("skipped: {}", skip.reason()),
             Outcome::Ok | Outcome::NotStarted | Outcome::Detached => return None,
         })
     }
@@ -251,6 +264,7 @@ impl Report {
             detached: bool,
             counts: serde_json::Map<String, serde_json::Value>,
             max_lateness_secs: Option<f64>,
+            delayed_by_cap: usize,
             instances: Vec<Instance>,
         }
         let instances = plan
@@ -263,9 +277,7 @@ impl Report {
                     Outcome::Failed(c) => (Some(*c), None, None),
                     Outcome::Killed(s) => (None, Some(*s), None),
                     Outcome::TimedOut => (None, None, None),
-                    Outcome::Skipped(Skip::Locked(h)) => {
-                        (None, None, Some(format!("locked by {h}")))
-                    }
+                    Outcome::Skipped(skip) => (None, None, Some(skip.reason())),
                     Outcome::FailedToStart { reason, .. } => (None, None, Some(reason.clone())),
                     Outcome::NotStarted | Outcome::Detached => (None, None, None),
                 };
@@ -295,6 +307,7 @@ impl Report {
                 .map(|(k, n)| (k.to_string(), n.into()))
                 .collect(),
             max_lateness_secs: self.max_lateness().map(|(_, l)| l.as_secs_f64()),
+            delayed_by_cap: self.cap_delayed,
             instances,
         };
         serde_json::to_writer(&mut *out, &doc)?;

@@ -1,15 +1,22 @@
 //! The supervisor: one loop that starts, reaps, times out and stops tasks.
 //!
 //! A single thread does everything. It sleeps in `poll` on the signal
-//! self-pipe until the next absolute deadline: the next planned start, a
-//! timeout, the end of a grace period. SIGCHLD wakes it to reap with
-//! `waitpid(-1, WNOHANG)` and a pid → task map, so no child is ever polled in
-//! turn and no thread is spent per child. The spawner keeps no descriptor per
+//! self-pipe (and, with `--output tag`, the tasks' output pipes) until the
+//! next absolute deadline: the next planned start, a timeout, the end of a
+//! grace period. SIGCHLD wakes it to reap with `waitpid(-1, WNOHANG)` and a
+//! pid → task map, so no child is ever polled in turn and no thread is spent
+//! per child. Unless output is relayed, the spawner keeps no descriptor per
 //! running task: each lock descriptor is closed as soon as the task owns it.
 //!
 //! Deadlines are `start + offset`, computed from one start instant, so a slow
-//! start never pushes later ones back. If the machine cannot keep up, starts
-//! happen late but none is skipped.
+//! start never pushes later ones back. If the machine cannot keep up, or
+//! `--max-concurrent` holds starts back, they happen late but none is
+//! skipped, and the schedule resumes on its original deadlines.
+//!
+//! Timeouts and stop signals act on a task's whole process group: SIGTERM
+//! first, SIGKILL after the grace period (`--kill-after`), even if the
+//! group's leader has already exited, because children left in the group
+//! still hold the lock.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,15 +25,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use log::{debug, info, warn};
+use signal_hook::consts::{SIGKILL, SIGTERM};
 
+use crate::cli::OutputMode;
 use crate::config::Clock;
 use crate::display::{self, quoted};
 use crate::exit;
 use crate::lock::{self, Attempt, Holder};
+use crate::output::{Capture, Outputs};
 use crate::plan::{Entry, Plan};
 use crate::platform::{self, ExitStatus, PollFd, PollFlags, Signals};
+use crate::reclaim;
 use crate::report::{Outcome, Report, Skip, TaskResult};
-use crate::spawn::{self, Output, TaskEnv};
+use crate::spawn::{self, TaskEnv};
 
 /// How tasks are supervised.
 #[derive(Debug, Clone)]
@@ -39,6 +50,8 @@ pub struct Options {
     pub kill_after: Duration,
     /// `--detach`: return after the last start without waiting.
     pub detach: bool,
+    /// `--output`: where the tasks' stdout and stderr go.
+    pub output: OutputMode,
 }
 
 impl Default for Options {
@@ -48,26 +61,43 @@ impl Default for Options {
             timeout: None,
             kill_after: Duration::from_secs(10),
             detach: false,
+            output: OutputMode::Inherit,
         }
     }
 }
 
-/// A started task whose process group we may still have to signal.
+/// A started task whose process group or output we may still have to handle.
 struct Task {
     slot: usize,
+    /// The id, quoted for messages and output tags.
+    tag: String,
     started: Instant,
     started_wall: SystemTime,
     lateness: Duration,
     leader_alive: bool,
     timed_out: bool,
-    /// SIGTERM sent by a timeout, SIGKILL still due.
+    /// A SIGTERM was sent (timeout); the SIGKILL is still due.
     escalating: bool,
+    capture: Capture,
+}
+
+impl Task {
+    /// Nothing is left to do for this task.
+    fn settled(&self) -> bool {
+        !self.leader_alive && !self.escalating && !matches!(self.capture, Capture::Pipe(_))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKind {
+    /// The task's `--timeout` is up.
     Timeout,
+    /// The grace period after a timeout's SIGTERM is up.
     Kill,
+    /// The grace period for reading a tag pipe after the leader exited.
+    Drain,
+    /// The grace period after SIGTERM to a hung holder of another run.
+    KillHung,
 }
 
 /// A stop signal received by scatter itself.
@@ -80,11 +110,13 @@ struct Stop {
 /// Runs the plan to completion and returns what happened to each instance.
 pub fn run(plan: &Plan, clock: &Clock, opts: &Options) -> Result<Report> {
     let signals = Signals::install().context("cannot install signal handlers")?;
+    let outputs = Outputs::new(&opts.output)?;
     let mut sup = Supervisor {
         plan,
         clock,
         opts,
         signals,
+        outputs,
         window_start: format!("{:.6}", crate::report::unix_secs(clock.start_wall)),
         tasks: HashMap::new(),
         alive: 0,
@@ -93,6 +125,7 @@ pub fn run(plan: &Plan, clock: &Clock, opts: &Options) -> Result<Report> {
         next: 0,
         stop: None,
         stops_seen: 0,
+        hung_pending: 0,
         cap_waiting: false,
         cap_delayed: 0,
     };
@@ -105,6 +138,7 @@ struct Supervisor<'a> {
     clock: &'a Clock,
     opts: &'a Options,
     signals: Signals,
+    outputs: Outputs,
     window_start: String,
     /// Keyed by the leader's pid, which is also the group id.
     tasks: HashMap<i32, Task>,
@@ -116,6 +150,8 @@ struct Supervisor<'a> {
     next: usize,
     stop: Option<Stop>,
     stops_seen: usize,
+    /// Hung holders of other runs that still have a SIGKILL due.
+    hung_pending: usize,
     /// A due start is waiting for a free slot under `--max-concurrent`.
     cap_waiting: bool,
     /// Starts that waited for a free slot under `--max-concurrent`.
@@ -124,6 +160,7 @@ struct Supervisor<'a> {
 
 impl Supervisor<'_> {
     fn run_loop(&mut self) -> Result<()> {
+        let mut ready = Vec::new();
         loop {
             self.reap()?;
             self.check_signals();
@@ -135,22 +172,43 @@ impl Supervisor<'_> {
             let timeout = self
                 .next_wake()
                 .map(|t| t.saturating_duration_since(Instant::now()));
-            let mut fds = [PollFd::from_borrowed_fd(self.signals.fd(), PollFlags::IN)];
-            platform::poll(&mut fds, timeout).context("poll failed")?;
-            if !fds[0].revents().is_empty() {
-                self.signals.drain();
+            let mut pids = Vec::new();
+            {
+                let mut fds = vec![PollFd::from_borrowed_fd(self.signals.fd(), PollFlags::IN)];
+                for (pid, task) in &self.tasks {
+                    if let Capture::Pipe(pipe) = &task.capture {
+                        fds.push(PollFd::new(pipe.fd(), PollFlags::IN));
+                        pids.push(*pid);
+                    }
+                }
+                platform::poll(&mut fds, timeout).context("poll failed")?;
+                if !fds[0].revents().is_empty() {
+                    self.signals.drain();
+                }
+                ready.clear();
+                ready.extend(
+                    fds[1..]
+                        .iter()
+                        .zip(&pids)
+                        .filter(|(fd, _)| !fd.revents().is_empty())
+                        .map(|(_, pid)| *pid),
+                );
+            }
+            for pid in ready.drain(..) {
+                self.read_output(pid);
             }
         }
     }
 
     fn finished(&self) -> bool {
+        if self.hung_pending > 0 {
+            return false;
+        }
         let all_started = self.next >= self.plan.entries.len();
-        if self.stop.is_some() {
-            self.opts.detach || self.tasks.is_empty()
-        } else if self.opts.detach {
-            all_started
+        if self.opts.detach {
+            self.stop.is_some() || all_started
         } else {
-            all_started && self.tasks.is_empty()
+            (self.stop.is_some() || all_started) && self.tasks.is_empty()
         }
     }
 
@@ -204,26 +262,24 @@ impl Supervisor<'_> {
     }
 
     fn start(&mut self, entry: &Entry, deadline: Instant) {
-        let id = quoted(&entry.id);
+        let tag = quoted(&entry.id);
         let lock_path = self.plan.lock_path(entry);
         let file = match lock::try_acquire(&lock_path) {
             Ok(Attempt::Acquired(file)) => file,
             Ok(Attempt::Busy(holder)) => {
-                let who = match holder {
-                    Some(h) => h.describe(SystemTime::now()),
-                    None => "another process (no holder record in the lock file)".to_string(),
-                };
-                info!("{id}: skipped: lock is held by {who}");
-                self.results[entry.slot] =
-                    Some(TaskResult::new(Outcome::Skipped(Skip::Locked(who))));
+                let skip = self.busy(&tag, holder, &lock_path);
+                self.results[entry.slot] = Some(TaskResult::new(Outcome::Skipped(skip)));
                 return;
             }
             Err(err) => {
-                info!("{id}: not started: {err}");
-                self.results[entry.slot] = Some(TaskResult::new(Outcome::FailedToStart {
-                    reason: err.to_string(),
-                    code: exit::FAILURE,
-                }));
+                self.failed_to_start(entry, &tag, err.to_string(), exit::FAILURE);
+                return;
+            }
+        };
+        let (output, capture) = match self.outputs.for_task(&entry.id, entry.slot) {
+            Ok(pair) => pair,
+            Err(err) => {
+                self.failed_to_start(entry, &tag, err.to_string(), exit::FAILURE);
                 return;
             }
         };
@@ -235,31 +291,24 @@ impl Supervisor<'_> {
             slot: entry.slot,
             window_start: &self.window_start,
         };
-        let pid = match spawn::spawn(
-            self.plan.program.as_deref(),
-            &argv,
-            &env,
-            &file,
-            Output::inherit(),
-        ) {
+        let pid = match spawn::spawn(self.plan.program.as_deref(), &argv, &env, &file, output) {
             Ok(pid) => pid,
             Err(err) => {
+                if let Capture::Spool(spool) = &capture {
+                    self.outputs.settle_spool(&tag, spool, false);
+                }
                 let reason = format!("{}: {}", quoted(&argv[0]), spawn::describe(&err));
-                info!("{id}: not started: {reason}");
-                self.results[entry.slot] = Some(TaskResult::new(Outcome::FailedToStart {
-                    reason,
-                    code: spawn::start_failure_code(&err),
-                }));
+                self.failed_to_start(entry, &tag, reason, spawn::start_failure_code(&err));
                 return;
             }
         };
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let lateness = started.saturating_duration_since(deadline);
-        self.record_holder(&file, pid, started_wall, &id);
+        self.record_holder(&file, pid, started_wall, &tag);
         drop(file);
         debug!(
-            "{id}: started pid {pid} (slot {}, {} late)",
+            "{tag}: started pid {pid} (slot {}, {} late)",
             entry.slot,
             display::duration_precise(lateness)
         );
@@ -267,12 +316,14 @@ impl Supervisor<'_> {
             pid,
             Task {
                 slot: entry.slot,
+                tag,
                 started,
                 started_wall,
                 lateness,
                 leader_alive: true,
                 timed_out: false,
                 escalating: false,
+                capture,
             },
         );
         self.alive += 1;
@@ -282,9 +333,57 @@ impl Supervisor<'_> {
         }
     }
 
-    fn record_holder(&self, file: &std::fs::File, pid: i32, started: SystemTime, id: &str) {
+    fn failed_to_start(&mut self, entry: &Entry, tag: &str, reason: String, code: u8) {
+        info!("{tag}: not started: {reason}");
+        self.results[entry.slot] = Some(TaskResult::new(Outcome::FailedToStart { reason, code }));
+    }
+
+    /// Decides what a busy lock means: another run's task, or a hung one
+    /// whose run died, which is then killed.
+    fn busy(&mut self, tag: &str, holder: Option<Holder>, lock_path: &std::path::Path) -> Skip {
+        let now = SystemTime::now();
+        let Some(holder) = holder else {
+            let who = "another process (no holder record in the lock file)".to_string();
+            info!("{tag}: skipped: lock is held by {who}");
+            return Skip::Locked(who);
+        };
+        let who = holder.describe(now);
+        if !holder.is_overdue(now) {
+            info!("{tag}: skipped: lock is held by {who}");
+            return Skip::Locked(who);
+        }
+        let Some(pgid) = reclaim::verified_group(&holder, lock_path) else {
+            info!(
+                "{tag}: skipped: lock is held by {who}, past its timeout, but no process of its group holds it"
+            );
+            return Skip::Locked(who);
+        };
+        let limit = holder.timeout.unwrap_or_default();
+        let first = if self.opts.kill_after.is_zero() {
+            SIGKILL
+        } else {
+            SIGTERM
+        };
+        warn!(
+            "{tag}: lock holder {who} is past its {} timeout and its run is gone; sending {} to its process group {pgid}",
+            humantime::format_duration(limit),
+            platform::signal_name(first)
+        );
+        signal_group(pgid, first, tag);
+        if first == SIGTERM {
+            self.hung_pending += 1;
+            self.timers.push(Reverse((
+                Instant::now() + self.opts.kill_after,
+                TimerKind::KillHung,
+                pgid,
+            )));
+        }
+        Skip::KilledHungHolder(who)
+    }
+
+    fn record_holder(&self, file: &std::fs::File, pid: i32, started: SystemTime, tag: &str) {
         let Some(stat) = platform::proc_stat(pid) else {
-            debug!("{id}: /proc/{pid}/stat unreadable; no holder record written");
+            debug!("{tag}: /proc/{pid}/stat unreadable; no holder record written");
             return;
         };
         let holder = Holder {
@@ -292,10 +391,11 @@ impl Supervisor<'_> {
             starttime: stat.starttime,
             started,
             timeout: self.opts.timeout,
+            grace: self.opts.kill_after,
             run_pid: platform::pid(),
         };
         if let Err(err) = holder.write_to(file) {
-            warn!("{id}: cannot write the holder record into its lock file: {err}");
+            warn!("{tag}: cannot write the holder record into its lock file: {err}");
         }
     }
 
@@ -314,36 +414,66 @@ impl Supervisor<'_> {
                 ExitStatus::Code(code) => Outcome::Failed(code),
                 ExitStatus::Signal(sig) => Outcome::Killed(sig),
             };
-            let entry = &self.plan.entries[task.slot];
             debug!(
                 "{}: {} after {}",
-                quoted(&entry.id),
+                task.tag,
                 match status {
                     ExitStatus::Code(c) => format!("exited with status {c}"),
                     ExitStatus::Signal(s) => format!("killed by {}", platform::signal_name(s)),
                 },
                 display::duration(duration)
             );
+            if let Capture::Spool(spool) = &task.capture {
+                self.outputs
+                    .settle_spool(&task.tag, spool, outcome.is_failure());
+                task.capture = Capture::None;
+            }
+            if matches!(task.capture, Capture::Pipe(_)) {
+                // Read on until the pipe closes, but no longer than the grace
+                // period: a background child may keep it open forever.
+                self.timers.push(Reverse((
+                    Instant::now() + self.opts.kill_after,
+                    TimerKind::Drain,
+                    pid,
+                )));
+            }
             self.results[task.slot] = Some(TaskResult {
                 outcome,
                 started: Some(task.started_wall),
                 duration: Some(duration),
                 lateness: Some(task.lateness),
             });
-            if task.escalating {
-                // Its group still gets the SIGKILL that is due: children
-                // left in it may hold the lock.
-                continue;
-            }
-            if platform::group_alive(pid) {
+            if log::log_enabled!(log::Level::Debug)
+                && !task.escalating
+                && platform::group_alive(pid)
+            {
                 debug!(
                     "{}: processes left in its group keep running and keep the lock",
-                    quoted(&entry.id)
+                    task.tag
                 );
             }
-            self.tasks.remove(&pid);
+            self.remove_if_settled(pid);
         }
         Ok(())
+    }
+
+    fn read_output(&mut self, pid: i32) {
+        let Some(task) = self.tasks.get_mut(&pid) else {
+            return;
+        };
+        if let Capture::Pipe(pipe) = &mut task.capture
+            && self.outputs.read_pipe(&task.tag, pipe)
+        {
+            self.outputs.finish_pipe(&task.tag, pipe);
+            task.capture = Capture::None;
+            self.remove_if_settled(pid);
+        }
+    }
+
+    fn remove_if_settled(&mut self, pid: i32) {
+        if self.tasks.get(&pid).is_some_and(Task::settled) {
+            self.tasks.remove(&pid);
+        }
     }
 
     fn fire_timers(&mut self) {
@@ -353,6 +483,15 @@ impl Supervisor<'_> {
                 break;
             }
             self.timers.pop();
+            if kind == TimerKind::KillHung {
+                self.hung_pending -= 1;
+                if platform::group_alive(pid) {
+                    info!("hung process group {pid} survived SIGTERM; sending SIGKILL");
+                    signal_group(pid, SIGKILL, &format!("process group {pid}"));
+                }
+                continue;
+            }
+            let kill_after = self.opts.kill_after;
             let Some(task) = self.tasks.get_mut(&pid) else {
                 continue;
             };
@@ -360,36 +499,45 @@ impl Supervisor<'_> {
                 TimerKind::Timeout if task.leader_alive && !task.timed_out => {
                     task.timed_out = true;
                     task.escalating = true;
-                    let id = quoted(&self.plan.entries[task.slot].id);
-                    let first = if self.opts.kill_after.is_zero() {
-                        libc_sigkill()
+                    let first = if kill_after.is_zero() {
+                        SIGKILL
                     } else {
-                        libc_sigterm()
+                        SIGTERM
                     };
                     info!(
-                        "{id}: timed out; sending {} to its process group",
+                        "{}: timed out; sending {} to its process group",
+                        task.tag,
                         platform::signal_name(first)
                     );
-                    signal_group(pid, first, &id);
+                    signal_group(pid, first, &task.tag);
                     self.timers
-                        .push(Reverse((now + self.opts.kill_after, TimerKind::Kill, pid)));
+                        .push(Reverse((now + kill_after, TimerKind::Kill, pid)));
                 }
-                TimerKind::Timeout => {}
                 TimerKind::Kill => {
-                    let id = quoted(&self.plan.entries[task.slot].id);
                     if platform::group_alive(pid) {
                         info!(
-                            "{id}: still running {} after SIGTERM; sending SIGKILL",
-                            display::duration(self.opts.kill_after)
+                            "{}: still running {} after SIGTERM; sending SIGKILL to its process group",
+                            task.tag,
+                            display::duration(kill_after)
                         );
-                        signal_group(pid, libc_sigkill(), &id);
+                        signal_group(pid, SIGKILL, &task.tag);
                     }
                     task.escalating = false;
-                    if !task.leader_alive {
-                        self.tasks.remove(&pid);
+                }
+                TimerKind::Drain => {
+                    if let Capture::Pipe(pipe) = &mut task.capture {
+                        debug!(
+                            "{}: its output pipe is still open after the grace period; closing it",
+                            task.tag
+                        );
+                        self.outputs.read_pipe(&task.tag, pipe);
+                        self.outputs.finish_pipe(&task.tag, pipe);
+                        task.capture = Capture::None;
                     }
                 }
+                TimerKind::Timeout | TimerKind::KillHung => {}
             }
+            self.remove_if_settled(pid);
         }
     }
 
@@ -397,27 +545,29 @@ impl Supervisor<'_> {
         let (count, signal) = self.signals.stops();
         if count > self.stops_seen {
             self.stops_seen = count;
-            match &self.stop {
-                None => {
-                    let remaining = self.plan.entries.len() - self.next;
-                    info!(
-                        "received {}: not starting the remaining {remaining} instances; forwarding it to {} running tasks",
-                        platform::signal_name(signal),
-                        self.tasks.len()
-                    );
-                    self.stop = Some(Stop {
-                        signal,
-                        kill_at: Instant::now() + self.opts.kill_after,
-                        killed: false,
-                    });
-                    if !self.opts.detach {
-                        self.signal_all(signal);
-                    }
+            if self.stop.is_none() {
+                let remaining = self.plan.entries.len() - self.next;
+                info!(
+                    "received {}: not starting the remaining {remaining} instances; {} {} running tasks",
+                    platform::signal_name(signal),
+                    if self.opts.detach {
+                        "leaving alone"
+                    } else {
+                        "forwarding it to"
+                    },
+                    self.alive
+                );
+                self.stop = Some(Stop {
+                    signal,
+                    kill_at: Instant::now() + self.opts.kill_after,
+                    killed: false,
+                });
+                if !self.opts.detach {
+                    self.signal_all(signal);
                 }
-                Some(_) => {
-                    info!("received a second stop signal: killing every task now");
-                    self.kill_all();
-                }
+            } else if !self.opts.detach {
+                info!("received a second stop signal: killing every task now");
+                self.kill_all();
             }
         }
         if let Some(stop) = &self.stop
@@ -431,34 +581,42 @@ impl Supervisor<'_> {
 
     fn signal_all(&self, sig: i32) {
         for (pid, task) in &self.tasks {
-            signal_group(*pid, sig, &quoted(&self.plan.entries[task.slot].id));
+            signal_group(*pid, sig, &task.tag);
         }
     }
 
     fn kill_all(&mut self) {
-        self.signal_all(libc_sigkill());
+        self.signal_all(SIGKILL);
         if let Some(stop) = &mut self.stop {
             stop.killed = true;
         }
-        // Groups whose leader is gone need no more attention: SIGKILL cannot
-        // be ignored. Leaders still alive are reaped as they die.
-        self.tasks.retain(|_, t| t.leader_alive);
+        // SIGKILL cannot be ignored: groups whose leader is gone need no more
+        // attention, and their pipes no more reading. Leaders still alive
+        // are reaped as they die.
+        for task in self.tasks.values_mut() {
+            task.escalating = false;
+            if let Capture::Pipe(pipe) = &mut task.capture
+                && !task.leader_alive
+            {
+                self.outputs.finish_pipe(&task.tag, pipe);
+                task.capture = Capture::None;
+            }
+        }
+        self.tasks.retain(|_, t| !t.settled());
     }
 
-    fn into_report(self) -> Report {
+    fn into_report(mut self) -> Report {
         let stopped_by = self.stop.as_ref().map(|s| s.signal);
-        let detached = self.opts.detach;
-        let mut results = self.results;
-        for task in self.tasks.values() {
+        for task in self.tasks.values_mut() {
             // Only reachable with --detach: started, not waited for.
-            results[task.slot] = Some(TaskResult {
+            self.results[task.slot] = Some(TaskResult {
                 outcome: Outcome::Detached,
                 started: Some(task.started_wall),
                 duration: None,
                 lateness: Some(task.lateness),
             });
         }
-        let results: Vec<TaskResult> = results
+        let results: Vec<TaskResult> = std::mem::take(&mut self.results)
             .into_iter()
             .map(|r| r.unwrap_or_else(|| TaskResult::new(Outcome::NotStarted)))
             .collect();
@@ -466,7 +624,7 @@ impl Supervisor<'_> {
             results,
             stopped_by,
             timeout: self.opts.timeout,
-            detached,
+            detached: self.opts.detach,
             cap_delayed: self.cap_delayed,
         };
         if let Some((slot, late)) = report.max_lateness() {
@@ -476,22 +634,17 @@ impl Supervisor<'_> {
                 quoted(&self.plan.entries[slot].id)
             );
         }
+        if self.cap_delayed > 0 {
+            debug!("{} starts waited for --max-concurrent", self.cap_delayed);
+        }
         report
     }
 }
 
-fn libc_sigterm() -> i32 {
-    signal_hook::consts::SIGTERM
-}
-
-fn libc_sigkill() -> i32 {
-    signal_hook::consts::SIGKILL
-}
-
-fn signal_group(pgid: i32, sig: i32, id: &str) {
+fn signal_group(pgid: i32, sig: i32, tag: &str) {
     if let Err(err) = platform::kill_group(pgid, sig) {
         warn!(
-            "{id}: cannot send {} to process group {pgid}: {err}",
+            "{tag}: cannot send {} to process group {pgid}: {err}",
             platform::signal_name(sig)
         );
     }

@@ -40,6 +40,23 @@ fn bad_placeholders_and_commands() {
 }
 
 #[test]
+fn bad_supervision_flags() {
+    usage(&["--max-concurrent", "0", "--", "true"], "at least 1");
+    usage(&["--max-concurrent", "many", "--", "true"], "whole number");
+    usage(&["--timeout", "0s", "--", "true"], "is zero");
+    usage(&["--timeout", "1 fortnight", "--", "true"], "fortnight");
+    usage(&["--kill-after=-1s", "--", "true"], "negative");
+    usage(
+        &["--output", "file", "--", "true"],
+        "inherit, null, tag, dir=PATH or on-failure",
+    );
+    usage(
+        &["--output", "dir=", "--", "true"],
+        "dir= needs a directory",
+    );
+}
+
+#[test]
 fn bad_names_and_orders() {
     usage(&["--name", "a/b", "--", "true"], "single path component");
     usage(&["--name", "..", "--", "true"], "--name");

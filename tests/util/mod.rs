@@ -368,3 +368,21 @@ pub fn kill_group(pgid: i32) {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
+
+/// Processes of group `pgid` that have not exited (zombies excluded).
+pub fn live_group_members(pgid: i32) -> usize {
+    let mut live = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+            live += 1;
+        }
+    }
+    live
+}
