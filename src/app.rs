@@ -9,6 +9,7 @@ use log::debug;
 use crate::cli::{Format, RunArgs};
 use crate::config::{Clock, RunConfig};
 use crate::display::quoted;
+use crate::history::History;
 use crate::plan::Plan;
 use crate::supervise;
 use crate::{discovery, dryrun, exit, lock};
@@ -29,10 +30,13 @@ pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
     lock::prepare_dirs(&cfg.lock_base, &cfg.lock_dir)?;
     if plan.entries.is_empty() {
         debug!("no instances in {}; nothing to do", quoted(&cfg.instances));
-        return Ok(exit::OK);
     }
-    let report = supervise::run(&plan, &clock, &cfg.supervision)?;
+    let mut history = History::start(&cfg, &plan, &clock);
+    let report = supervise::run(&plan, &clock, &cfg.supervision, &mut history)?;
     let code = report.exit_code(&plan);
+    // Problems with the history files were logged as warnings when they
+    // happened; they do not change the outcome of the tasks.
+    history.finish(&report, code);
     match cfg.format {
         Format::Text => report.write_text(&plan, &mut std::io::stderr().lock()),
         Format::Json => report.write_json(&plan, &mut std::io::stdout().lock()),

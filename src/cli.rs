@@ -14,6 +14,7 @@ use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
+use crate::logging::Sink;
 
 const ABOUT: &str =
     "Spread one task per instance directory evenly across a time window, each under its own lock";
@@ -56,6 +57,12 @@ pub struct Cli {
 
     #[command(flatten)]
     pub verbosity: Verbosity,
+
+    /// Where diagnostics go: stderr, syslog (facility cron), journald, or auto
+    /// (journald when stderr is connected to the journal).
+    #[arg(long, value_enum, value_name = "SINK", default_value_t = Sink::Stderr, global = true,
+          env = "SCATTER_LOG")]
+    pub log: Sink,
 }
 
 #[derive(Args, Debug, Clone, Copy, Default)]
@@ -74,6 +81,40 @@ pub enum Command {
     /// Start one task per instance, spread across the window.
     #[command(after_help = format!("{RUN_AFTER}\n\n{}", exit::HELP_TABLE))]
     Run(RunArgs),
+    /// Show runs in progress, tasks running now and each instance's last outcome.
+    #[command(after_help = STATUS_AFTER)]
+    Status(StatusArgs),
+}
+
+const STATUS_AFTER: &str = "\
+Exit status:
+    0    every instance's last outcome is ok (or it was only skipped)
+    1    at least one instance's last outcome is a failure
+    2    usage or configuration error
+   66    no state recorded in the state directory";
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Job name, as given to scatter run (takes precedence over --instances).
+    #[arg(long, value_name = "NAME", env = "SCATTER_NAME",
+          value_parser = OsStringValueParser::new().try_map(parse_name))]
+    pub name: Option<OsString>,
+
+    /// The instances directory of the job; its basename is the job name.
+    #[arg(long, value_name = "DIR", env = "SCATTER_INSTANCES")]
+    pub instances: Option<PathBuf>,
+
+    /// State directory [default: /var/lib/scatter/NAME, else $XDG_STATE_HOME/scatter/NAME].
+    #[arg(long, value_name = "DIR", env = "SCATTER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Lock base directory [default: the one the last run used].
+    #[arg(long, value_name = "DIR", env = "SCATTER_LOCK_DIR")]
+    pub lock_dir: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Text, env = "SCATTER_FORMAT")]
+    pub format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +169,24 @@ pub struct RunArgs {
     /// Exit right after the last start; tasks keep running under their locks.
     #[arg(long, env = "SCATTER_DETACH")]
     pub detach: bool,
+
+    /// Where run and instance records go, for scatter status
+    /// [default: /var/lib/scatter/NAME, else $XDG_STATE_HOME/scatter/NAME].
+    #[arg(long, value_name = "DIR", env = "SCATTER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Keep this many run records in the state directory.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        env = "SCATTER_KEEP_RUNS"
+    )]
+    pub keep_runs: usize,
+
+    /// At the end of the run, write Prometheus metrics here (textfile collector).
+    #[arg(long, value_name = "PATH", env = "SCATTER_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
 
     /// Task output: inherit, null, tag, dir=PATH or on-failure.
     #[arg(long, value_name = "MODE", default_value = "inherit", env = "SCATTER_OUTPUT",

@@ -16,6 +16,7 @@ use crate::cli::{Format, Order, OutputMode, RunArgs};
 use crate::display::quoted;
 use crate::exit::{self, Fatal};
 use crate::lock;
+use crate::state::StateDir;
 use crate::supervise::Options;
 use crate::template::Template;
 
@@ -56,6 +57,10 @@ pub struct RunConfig {
     pub program: Option<PathBuf>,
     /// Concurrency cap, timeouts, detach, output.
     pub supervision: Options,
+    /// Where run and instance records go; `None` if no directory is usable.
+    pub state_dir: Option<PathBuf>,
+    pub keep_runs: usize,
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -92,6 +97,21 @@ impl RunConfig {
         };
         let lock_base = lock::resolve_base(args.lock_dir.as_deref())?;
         let lock_dir = lock::job_dir(&lock_base, &name);
+        let state_dir = match StateDir::resolve(args.state_dir.as_deref(), &name) {
+            Ok(dir) => Some(dir),
+            // History is for status and monitoring: a run goes ahead without it.
+            Err(err) if !args.dry_run => {
+                warn!("{err:#}; this run records no history");
+                None
+            }
+            Err(_) => None,
+        };
+        let metrics_file = args
+            .metrics_file
+            .map(|p| {
+                std::path::absolute(&p).with_context(|| format!("--metrics-file {}", quoted(&p)))
+            })
+            .transpose()?;
         Ok(RunConfig {
             instances,
             name,
@@ -105,6 +125,9 @@ impl RunConfig {
             template,
             program,
             supervision,
+            state_dir,
+            keep_runs: args.keep_runs,
+            metrics_file,
         })
     }
 }

@@ -102,6 +102,14 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
     fatal_of(err).map_or(USAGE, |f| f.code)
 }
 
+/// Whether the error is a write to a closed pipe, such as `| head` exiting.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,6 +56,28 @@ pub fn encode_id(id: &OsStr) -> String {
     out
 }
 
+/// The id a stem was encoded from, or `None` for a shortened (digest) stem
+/// or anything that is not an encoding.
+pub fn decode_stem(stem: &str) -> Option<Vec<u8>> {
+    if stem.contains('~') {
+        return None;
+    }
+    let bytes = stem.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +123,14 @@ mod tests {
         let es = enc(&spaces);
         assert!(es.len() <= MAX_STEM, "{}", es.len());
         assert!(!es[..es.find('~').unwrap()].ends_with('%'));
+    }
+
+    #[test]
+    fn short_stems_decode_back() {
+        for id in [&b"acme"[..], b"a b", b".x", b"caf\xe9", b"100%"] {
+            assert_eq!(decode_stem(&enc(id)).as_deref(), Some(id));
+        }
+        assert_eq!(decode_stem(&enc(&[b'x'; 300])), None);
     }
 
     #[test]

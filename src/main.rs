@@ -6,18 +6,21 @@ use clap::Parser;
 
 use scatter::cli::{Cli, Command};
 use scatter::config::Clock;
-use scatter::{app, exit, logging};
+use scatter::{app, exit, logging, status};
 
 fn main() -> ExitCode {
     // Taken first, so that scatter's own start-up counts against the window.
     let clock = Clock::now();
     let cli = Cli::parse();
-    logging::init(cli.verbosity);
+    logging::init(cli.verbosity, cli.log);
     let result = match cli.command {
         Command::Run(args) => app::run(args, clock),
+        Command::Status(args) => status::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // `scatter status | head`: the reader has seen enough.
+        Err(err) if exit::is_broken_pipe(&err) => ExitCode::from(exit::OK),
         Err(err) => {
             eprintln!("scatter: error: {err:#}");
             if let Some(hint) = exit::fatal_of(&err).and_then(|f| f.hint.as_deref()) {

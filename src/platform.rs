@@ -107,6 +107,35 @@ pub fn kill_process(pid: i32, sig: i32) -> io::Result<()> {
     }
 }
 
+/// The files on which some process holds a `flock(2)` lock right now, as
+/// (device, inode) pairs, read from `/proc/locks`. Reading it takes no lock,
+/// so looking never makes a concurrent run skip an instance.
+pub fn held_flocks() -> io::Result<std::collections::HashSet<(u64, u64)>> {
+    let text = std::fs::read_to_string("/proc/locks")?;
+    Ok(parse_locks(&text))
+}
+
+fn parse_locks(text: &str) -> std::collections::HashSet<(u64, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let _index = words.next()?;
+            let kind = words.next()?;
+            // "->" marks a process waiting for the lock, not holding it.
+            if kind != "FLOCK" {
+                return None;
+            }
+            // FLOCK ADVISORY WRITE <pid> <major:minor:inode> ...
+            let id = words.nth(3)?;
+            let mut parts = id.split(':');
+            let major = u32::from_str_radix(parts.next()?, 16).ok()?;
+            let minor = u32::from_str_radix(parts.next()?, 16).ok()?;
+            let inode = parts.next()?.parse::<u64>().ok()?;
+            Some((rustix::fs::makedev(major, minor), inode))
+        })
+        .collect()
+}
+
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -295,6 +324,27 @@ mod tests {
     fn own_stat_is_readable() {
         let me = proc_stat(pid()).expect("own /proc stat");
         assert!(me.starttime > 0);
+    }
+
+    #[test]
+    fn proc_locks_are_parsed() {
+        let text = "1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 4343 00:2a:1234 0 EOF\n\
+                    2: POSIX  ADVISORY  WRITE 99 fd:01:77 0 EOF\n\
+                    3: FLOCK  ADVISORY  WRITE 7 103:05:88 0 EOF\n";
+        let held = parse_locks(text);
+        assert_eq!(held.len(), 2);
+        assert!(held.contains(&(rustix::fs::makedev(0, 0x2a), 1234)));
+        assert!(held.contains(&(rustix::fs::makedev(0x103, 5), 88)));
+    }
+
+    #[test]
+    fn a_lock_we_hold_shows_in_proc_locks() {
+        use std::os::unix::fs::MetadataExt;
+        let file = tempfile::tempfile().unwrap();
+        file.try_lock().unwrap();
+        let meta = file.metadata().unwrap();
+        assert!(held_flocks().unwrap().contains(&(meta.dev(), meta.ino())));
     }
 
     #[test]

@@ -66,6 +66,17 @@ impl Default for Options {
     }
 }
 
+/// Told what happens during a run, as it happens (for the state files).
+pub trait Observer {
+    /// The task of `slot` has started.
+    fn started(&mut self, _slot: usize) {}
+    /// The instance of `slot` has its final outcome for this run.
+    fn ended(&mut self, _slot: usize, _result: &TaskResult) {}
+}
+
+/// An observer that ignores everything.
+impl Observer for () {}
+
 /// A started task whose process group or output we may still have to handle.
 struct Task {
     slot: usize,
@@ -108,7 +119,12 @@ struct Stop {
 }
 
 /// Runs the plan to completion and returns what happened to each instance.
-pub fn run(plan: &Plan, clock: &Clock, opts: &Options) -> Result<Report> {
+pub fn run(
+    plan: &Plan,
+    clock: &Clock,
+    opts: &Options,
+    observer: &mut dyn Observer,
+) -> Result<Report> {
     let signals = Signals::install().context("cannot install signal handlers")?;
     let outputs = Outputs::new(&opts.output)?;
     let mut sup = Supervisor {
@@ -128,12 +144,14 @@ pub fn run(plan: &Plan, clock: &Clock, opts: &Options) -> Result<Report> {
         hung_pending: 0,
         cap_waiting: false,
         cap_delayed: 0,
+        observer,
     };
     sup.run_loop()?;
     Ok(sup.into_report())
 }
 
 struct Supervisor<'a> {
+    observer: &'a mut dyn Observer,
     plan: &'a Plan,
     clock: &'a Clock,
     opts: &'a Options,
@@ -267,8 +285,8 @@ impl Supervisor<'_> {
         let file = match lock::try_acquire(&lock_path) {
             Ok(Attempt::Acquired(file)) => file,
             Ok(Attempt::Busy(holder)) => {
-                let skip = self.busy(&tag, holder, &lock_path);
-                self.results[entry.slot] = Some(TaskResult::new(Outcome::Skipped(skip)));
+                let skip = self.busy(&tag, &entry.id, holder, &lock_path);
+                self.record(entry.slot, TaskResult::new(Outcome::Skipped(skip)));
                 return;
             }
             Err(err) => {
@@ -308,6 +326,7 @@ impl Supervisor<'_> {
         self.record_holder(&file, pid, started_wall, &tag);
         drop(file);
         debug!(
+            instance = &*entry.id.to_string_lossy();
             "{tag}: started pid {pid} (slot {}, {} late)",
             entry.slot,
             display::duration_precise(lateness)
@@ -327,6 +346,7 @@ impl Supervisor<'_> {
             },
         );
         self.alive += 1;
+        self.observer.started(entry.slot);
         if let Some(timeout) = self.opts.timeout {
             self.timers
                 .push(Reverse((started + timeout, TimerKind::Timeout, pid)));
@@ -334,22 +354,38 @@ impl Supervisor<'_> {
     }
 
     fn failed_to_start(&mut self, entry: &Entry, tag: &str, reason: String, code: u8) {
-        info!("{tag}: not started: {reason}");
-        self.results[entry.slot] = Some(TaskResult::new(Outcome::FailedToStart { reason, code }));
+        info!(instance = &*entry.id.to_string_lossy(); "{tag}: not started: {reason}");
+        self.record(
+            entry.slot,
+            TaskResult::new(Outcome::FailedToStart { reason, code }),
+        );
+    }
+
+    /// Sets an instance's final outcome for this run.
+    fn record(&mut self, slot: usize, result: TaskResult) {
+        self.observer.ended(slot, &result);
+        self.results[slot] = Some(result);
     }
 
     /// Decides what a busy lock means: another run's task, or a hung one
     /// whose run died, which is then killed.
-    fn busy(&mut self, tag: &str, holder: Option<Holder>, lock_path: &std::path::Path) -> Skip {
+    fn busy(
+        &mut self,
+        tag: &str,
+        id: &std::ffi::OsStr,
+        holder: Option<Holder>,
+        lock_path: &std::path::Path,
+    ) -> Skip {
+        let raw = id.to_string_lossy();
         let now = SystemTime::now();
         let Some(holder) = holder else {
             let who = "another process (no holder record in the lock file)".to_string();
-            info!("{tag}: skipped: lock is held by {who}");
+            info!(instance = &*raw; "{tag}: skipped: lock is held by {who}");
             return Skip::Locked(who);
         };
         let who = holder.describe(now);
         if !holder.is_overdue(now) {
-            info!("{tag}: skipped: lock is held by {who}");
+            info!(instance = &*raw; "{tag}: skipped: lock is held by {who}");
             return Skip::Locked(who);
         }
         let Some(pgid) = reclaim::verified_group(&holder, lock_path) else {
@@ -365,6 +401,7 @@ impl Supervisor<'_> {
             SIGTERM
         };
         warn!(
+            instance = &*raw;
             "{tag}: lock holder {who} is past its {} timeout and its run is gone; sending {} to its process group {pgid}",
             humantime::format_duration(limit),
             platform::signal_name(first)
@@ -415,6 +452,7 @@ impl Supervisor<'_> {
                 ExitStatus::Signal(sig) => Outcome::Killed(sig),
             };
             debug!(
+                instance = &*self.plan.entries[task.slot].id.to_string_lossy();
                 "{}: {} after {}",
                 task.tag,
                 match status {
@@ -437,12 +475,14 @@ impl Supervisor<'_> {
                     pid,
                 )));
             }
-            self.results[task.slot] = Some(TaskResult {
+            let slot = task.slot;
+            let result = TaskResult {
                 outcome,
                 started: Some(task.started_wall),
                 duration: Some(duration),
                 lateness: Some(task.lateness),
-            });
+            };
+            let task = &self.tasks[&pid];
             if log::log_enabled!(log::Level::Debug)
                 && !task.escalating
                 && platform::group_alive(pid)
@@ -452,6 +492,7 @@ impl Supervisor<'_> {
                     task.tag
                 );
             }
+            self.record(slot, result);
             self.remove_if_settled(pid);
         }
         Ok(())
@@ -505,6 +546,7 @@ impl Supervisor<'_> {
                         SIGTERM
                     };
                     info!(
+                        instance = &*self.plan.entries[task.slot].id.to_string_lossy();
                         "{}: timed out; sending {} to its process group",
                         task.tag,
                         platform::signal_name(first)
@@ -516,6 +558,7 @@ impl Supervisor<'_> {
                 TimerKind::Kill => {
                     if platform::group_alive(pid) {
                         info!(
+                            instance = &*self.plan.entries[task.slot].id.to_string_lossy();
                             "{}: still running {} after SIGTERM; sending SIGKILL to its process group",
                             task.tag,
                             display::duration(kill_after)
@@ -607,18 +650,31 @@ impl Supervisor<'_> {
 
     fn into_report(mut self) -> Report {
         let stopped_by = self.stop.as_ref().map(|s| s.signal);
-        for task in self.tasks.values_mut() {
-            // Only reachable with --detach: started, not waited for.
-            self.results[task.slot] = Some(TaskResult {
-                outcome: Outcome::Detached,
-                started: Some(task.started_wall),
-                duration: None,
-                lateness: Some(task.lateness),
-            });
+        let detached: Vec<(usize, TaskResult)> = self
+            .tasks
+            .values()
+            .map(|task| {
+                // Only reachable with --detach: started, not waited for.
+                let result = TaskResult {
+                    outcome: Outcome::Detached,
+                    started: Some(task.started_wall),
+                    duration: None,
+                    lateness: Some(task.lateness),
+                };
+                (task.slot, result)
+            })
+            .collect();
+        for (slot, result) in detached {
+            self.record(slot, result);
+        }
+        for slot in 0..self.results.len() {
+            if self.results[slot].is_none() {
+                self.record(slot, TaskResult::new(Outcome::NotStarted));
+            }
         }
         let results: Vec<TaskResult> = std::mem::take(&mut self.results)
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| TaskResult::new(Outcome::NotStarted)))
+            .flatten()
             .collect();
         let report = Report {
             results,

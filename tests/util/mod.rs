@@ -30,6 +30,13 @@ const SCRUB: &[&str] = &[
     "SCATTER_KILL_AFTER",
     "SCATTER_DETACH",
     "SCATTER_OUTPUT",
+    "SCATTER_STATE_DIR",
+    "SCATTER_KEEP_RUNS",
+    "SCATTER_METRICS_FILE",
+    "SCATTER_LOG",
+    "SCATTER_SYSLOG_SOCKET",
+    "SCATTER_JOURNAL_SOCKET",
+    "JOURNAL_STREAM",
     "RUST_LOG",
 ];
 
@@ -94,7 +101,8 @@ impl Fixture {
         path
     }
 
-    /// `scatter run --instances … --lock-dir …` plus `args`, ready for `--`.
+    /// `scatter run --instances … --lock-dir … --state-dir …` plus `args`,
+    /// ready for `--`. Everything stays inside the fixture.
     pub fn run(&self, args: &[&str]) -> Command {
         let mut cmd = scatter();
         cmd.arg("run")
@@ -102,6 +110,8 @@ impl Fixture {
             .arg(&self.instances)
             .arg("--lock-dir")
             .arg(&self.locks)
+            .arg("--state-dir")
+            .arg(self.state())
             .args(args)
             .env("REC_DIR", &self.rec);
         cmd
@@ -112,6 +122,11 @@ impl Fixture {
         let mut cmd = self.run(args);
         cmd.arg("--").arg(&self.recorder).arg("{}");
         cmd
+    }
+
+    /// The state directory the fixture's runs write to.
+    pub fn state(&self) -> PathBuf {
+        self.tmp.path().join("state")
     }
 
     /// The lock file scatter uses for `id` (job name = "instances").

@@ -1,0 +1,167 @@
+//! One run's history: feeds the supervisor's events to the state writer and,
+//! at the end, writes the final run record and the metrics file.
+//!
+//! The supervisor only calls [`Observer`] methods, which update the shared
+//! run record and queue events; all file I/O happens on the state writer's
+//! thread, so it never delays a start.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use log::warn;
+
+use crate::config::{Clock, RunConfig};
+use crate::lockname::encode_id;
+use crate::metrics;
+use crate::plan::Plan;
+use crate::platform;
+use crate::report::{Outcome, Report, TaskResult, unix_secs};
+use crate::state::{self, Event, InstanceRecord, Progress, RunRecord, StateDir, Trigger, Writer};
+use crate::supervise::Observer;
+
+pub struct History<'a> {
+    plan: &'a Plan,
+    trigger: Trigger,
+    writer: Option<Writer>,
+    /// The run record, shared with the writer thread.
+    run: Arc<Progress>,
+    /// This run's records, kept in memory for the metrics file in case the
+    /// state directory cannot be written.
+    local: BTreeMap<String, InstanceRecord>,
+    metrics_file: Option<std::path::PathBuf>,
+    clock: Clock,
+}
+
+impl<'a> History<'a> {
+    /// Starts recording: creates the state directory and writes the run
+    /// record. Without a usable state directory, the run goes ahead and
+    /// only the metrics file (if asked for) is written.
+    pub fn start(cfg: &RunConfig, plan: &'a Plan, clock: &Clock) -> History<'a> {
+        let trigger = if plan.manual {
+            Trigger::Manual
+        } else {
+            Trigger::Cron
+        };
+        let pid = platform::pid();
+        let spread_end = plan.entries.last().map_or(Duration::ZERO, |e| e.offset);
+        let run = Progress::new(RunRecord {
+            format: "scatter-run/1".into(),
+            run_id: state::run_id(clock.start_wall, pid),
+            name: plan.name.to_string_lossy().into_owned(),
+            pid,
+            pid_starttime: platform::proc_stat(pid).map_or(0, |s| s.starttime),
+            trigger: Some(trigger),
+            instances_dir: plan.instances.to_string_lossy().into_owned(),
+            lock_dir: plan.lock_dir.to_string_lossy().into_owned(),
+            started: unix_secs(clock.start_wall),
+            spread_end: unix_secs(clock.start_wall + spread_end),
+            window_secs: plan.window.as_secs_f64(),
+            count: plan.entries.len(),
+            state: "running".into(),
+            ..RunRecord::default()
+        });
+        let writer = cfg.state_dir.as_deref().and_then(|path| match StateDir::create(path) {
+            Ok(dir) => Some(Writer::start(dir, Arc::clone(&run), cfg.keep_runs)),
+            Err(err) => {
+                warn!("{err:#}; this run records no history, and scatter status will be out of date");
+                None
+            }
+        });
+        History {
+            plan,
+            trigger,
+            writer,
+            run,
+            local: BTreeMap::new(),
+            metrics_file: cfg.metrics_file.clone(),
+            clock: *clock,
+        }
+    }
+
+    /// Writes the final run record and the metrics file. Problems were
+    /// logged as warnings when they happened; they are also returned, one
+    /// line each.
+    pub fn finish(mut self, report: &Report, exit_code: u8) -> Vec<String> {
+        let ended = SystemTime::now();
+        self.run.update(|run| {
+            run.state = if report.stopped_by.is_some() {
+                "aborted"
+            } else {
+                "finished"
+            }
+            .into();
+            run.stopped_by = report.stopped_by;
+            run.ended = Some(unix_secs(ended));
+            run.exit_code = Some(exit_code);
+            run.max_lateness_secs = report.max_lateness().map(|(_, l)| l.as_secs_f64());
+            run.running = 0;
+        });
+        // After a full run, records of instances that no longer exist go.
+        let keep = (!self.plan.manual).then(|| {
+            let mut keys: Vec<String> =
+                self.plan.entries.iter().map(|e| encode_id(&e.id)).collect();
+            keys.sort();
+            keys
+        });
+        let mut problems = Vec::new();
+        let merged = match self.writer.take() {
+            Some(writer) => {
+                let written = writer.finish(keep);
+                problems.extend(written.errors);
+                written.instances
+            }
+            None => None,
+        };
+        if let Some(path) = &self.metrics_file {
+            let name = self.plan.name.to_string_lossy();
+            let snapshot = metrics::Snapshot {
+                name: &name,
+                report,
+                duration: self.clock.start.elapsed(),
+                ended: unix_secs(ended),
+                instances: merged.as_ref().unwrap_or(&self.local),
+            };
+            if let Err(err) = metrics::write(path, &snapshot) {
+                let line = format!("cannot write the metrics file: {err:#}");
+                warn!("{line}");
+                problems.push(line);
+            }
+        }
+        problems
+    }
+}
+
+impl Observer for History<'_> {
+    fn started(&mut self, _slot: usize) {
+        self.run.update(|run| {
+            run.started_count += 1;
+            run.running += 1;
+        });
+    }
+
+    fn ended(&mut self, slot: usize, result: &TaskResult) {
+        let entry = &self.plan.entries[slot];
+        self.run.update(|run| {
+            if result.started.is_some() && !matches!(result.outcome, Outcome::Detached) {
+                run.running = run.running.saturating_sub(1);
+            }
+            if !matches!(result.outcome, Outcome::NotStarted | Outcome::Detached) {
+                run.finished_count += 1;
+            }
+            *run.counts
+                .entry(result.outcome.kind().to_string())
+                .or_default() += 1;
+        });
+        let event = Event {
+            id: entry.id.clone(),
+            trigger: self.trigger,
+            at: SystemTime::now(),
+            result: result.clone(),
+        };
+        state::apply(self.local.entry(encode_id(&entry.id)).or_default(), &event);
+        if let Some(writer) = &self.writer {
+            writer.event(event);
+        }
+    }
+}

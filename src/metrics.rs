@@ -1,0 +1,178 @@
+//! `--metrics-file`: the Prometheus text format for node_exporter's textfile
+//! collector, written atomically at the end of every run.
+//!
+//! Run-level gauges come from the report of the run that just ended;
+//! per-instance gauges come from the merged instance records, so a manual
+//! `--only` run does not make the other instances disappear. Instances are
+//! labelled `instance_id` (Prometheus sets `instance` itself, to the scrape
+//! target) and jobs `scatter_name`; label values are escaped as the format
+//! requires, so no id can break a line or a label.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::report::{KINDS, Report};
+use crate::state::{self, InstanceRecord};
+
+/// Everything one metrics file says.
+pub struct Snapshot<'a> {
+    pub name: &'a str,
+    pub report: &'a Report,
+    pub duration: Duration,
+    /// End of the run, unix seconds.
+    pub ended: f64,
+    pub instances: &'a BTreeMap<String, InstanceRecord>,
+}
+
+/// Renders the metrics in the Prometheus text exposition format.
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut out = String::new();
+    let job = format!("scatter_name=\"{}\"", escape(s.name));
+    let gauge = |out: &mut String, name: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", number(*value));
+        }
+    };
+    gauge(
+        &mut out,
+        "scatter_run_duration_seconds",
+        "Wall-clock duration of the last run.",
+        &[(job.clone(), s.duration.as_secs_f64())],
+    );
+    gauge(
+        &mut out,
+        "scatter_run_end_timestamp_seconds",
+        "When the last run ended, in unix seconds.",
+        &[(job.clone(), s.ended)],
+    );
+    gauge(
+        &mut out,
+        "scatter_run_instances",
+        "Instances in the last run's plan.",
+        &[(job.clone(), s.report.results.len() as f64)],
+    );
+    let counts = s.report.counts();
+    let per_outcome: Vec<(String, f64)> = KINDS
+        .iter()
+        .map(|kind| {
+            let n = counts
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map_or(0, |(_, n)| *n);
+            (format!("{job},outcome=\"{kind}\""), n as f64)
+        })
+        .collect();
+    gauge(
+        &mut out,
+        "scatter_run_outcomes",
+        "Instances of the last run, by outcome.",
+        &per_outcome,
+    );
+    gauge(
+        &mut out,
+        "scatter_run_start_lateness_max_seconds",
+        "The worst start lateness against its slot in the last run.",
+        &[(
+            job.clone(),
+            s.report
+                .max_lateness()
+                .map_or(0.0, |(_, l)| l.as_secs_f64()),
+        )],
+    );
+    let label = |key: &str| format!("{job},instance_id=\"{}\"", escape(key_id(s.instances, key)));
+    let per_instance = |f: &dyn Fn(&InstanceRecord) -> Option<f64>| -> Vec<(String, f64)> {
+        s.instances
+            .iter()
+            .filter_map(|(key, r)| f(r).map(|v| (label(key), v)))
+            .collect()
+    };
+    gauge(
+        &mut out,
+        "scatter_instance_last_exit_code",
+        "Exit status of the instance's last task: 124 for a timeout, 128+N for a signal.",
+        &per_instance(&|r| match r.outcome.as_deref() {
+            Some("timed_out") => Some(124.0),
+            _ => r
+                .exit_code
+                .map(f64::from)
+                .or(r.signal.map(|sig| 128.0 + f64::from(sig))),
+        }),
+    );
+    gauge(
+        &mut out,
+        "scatter_instance_last_duration_seconds",
+        "Run time of the instance's last task.",
+        &per_instance(&|r| r.last_duration_secs),
+    );
+    gauge(
+        &mut out,
+        "scatter_instance_last_success_timestamp_seconds",
+        "When the instance's task last succeeded, in unix seconds (0: never seen to succeed).",
+        &per_instance(&|r| Some(r.last_success.unwrap_or(0.0))),
+    );
+    gauge(
+        &mut out,
+        "scatter_instance_consecutive_failures",
+        "Failures of the instance in a row.",
+        &per_instance(&|r| Some(f64::from(r.consecutive_failures))),
+    );
+    out
+}
+
+/// The id shown for a record: its lossy id, or the key if none was stored.
+fn key_id<'a>(instances: &'a BTreeMap<String, InstanceRecord>, key: &'a str) -> &'a str {
+    instances
+        .get(key)
+        .map_or(key, |r| if r.id.is_empty() { key } else { &r.id })
+}
+
+/// Writes the file atomically, readable by node_exporter's user.
+pub fn write(path: &Path, s: &Snapshot<'_>) -> Result<()> {
+    state::write_atomic(path, render(s).as_bytes(), 0o644)
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+pub fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("new\nline"), "new\\nline");
+    }
+
+    #[test]
+    fn numbers_are_plain() {
+        assert_eq!(number(3.0), "3");
+        assert_eq!(number(0.25), "0.25");
+        assert_eq!(number(1.7634e9), "1763400000");
+    }
+}

@@ -1,0 +1,457 @@
+//! `scatter status`: what is running and what failed, from the files runs
+//! leave behind and from the locks held right now.
+//!
+//! * Runs in progress come from run records whose state is `running`; a run
+//!   whose process is gone (checked by pid and start time) is shown as
+//!   `died`.
+//! * Tasks running now come from the locks actually held (`/proc/locks`),
+//!   not from the state files, with the pid and start from each lock's
+//!   holder record. Looking takes no lock, so it never disturbs a run.
+//! * Every instance's last outcome comes from `instances.json`, failing
+//!   instances first.
+//!
+//! The exit code is 1 when any instance's last outcome is a failure, so the
+//! command works as a Nagios-style check.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::cli::{Format, StatusArgs};
+use crate::display::{self, quoted};
+use crate::exit::{self, Fatal};
+use crate::lock::{self, Holder};
+use crate::lockname::decode_stem;
+use crate::platform;
+use crate::report::unix_secs;
+use crate::state::{InstanceRecord, RunRecord, StateDir};
+
+/// Runs `scatter status` and returns its exit code.
+pub fn run(args: StatusArgs) -> Result<u8> {
+    let name = match (&args.name, &args.instances) {
+        (Some(name), _) => name.clone(),
+        (None, Some(dir)) => {
+            let dir =
+                std::path::absolute(dir).with_context(|| format!("--instances {}", quoted(dir)))?;
+            dir.file_name().map(OsString::from).ok_or_else(|| {
+                Fatal::usage(format!(
+                    "cannot derive a job name from --instances {}",
+                    quoted(&dir)
+                ))
+                .hint("pass --name NAME")
+            })?
+        }
+        (None, None) => {
+            return Err(Fatal::usage(
+                "scatter status needs the job: --name NAME or --instances DIR",
+            )
+            .hint("use the same --name or --instances as the scatter run it should report on")
+            .into());
+        }
+    };
+    let state_path = StateDir::resolve(args.state_dir.as_deref(), &name)?;
+    let dir = StateDir::existing(&state_path)?;
+    let status = gather(&dir, &name, args.lock_dir.as_deref(), SystemTime::now())?;
+    let mut out = std::io::stdout().lock();
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &status)?;
+            writeln!(out)?;
+        }
+        Format::Text => {
+            let color =
+                out.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            write_text(&status, color, &mut out)?;
+        }
+    }
+    out.flush()?;
+    Ok(status.exit_code)
+}
+
+/// The whole status, as `--format json` prints it (`scatter-status/1`).
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub format: &'static str,
+    pub name: String,
+    pub state_dir: String,
+    pub lock_dir: Option<String>,
+    /// When this status was taken, unix seconds.
+    pub now: f64,
+    /// Runs whose record says `running`: in progress, or `died`.
+    pub runs_in_progress: Vec<RunView>,
+    pub last_finished_run: Option<RunView>,
+    /// Tasks holding their instance's lock right now.
+    pub running: Vec<RunningTask>,
+    /// Every instance, failing ones first.
+    pub instances: Vec<InstanceView>,
+    pub failing: usize,
+    pub exit_code: u8,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunView {
+    pub run_id: String,
+    pub pid: i32,
+    /// `running`, `died` (its process is gone), `finished` or `aborted`.
+    pub state: String,
+    pub trigger: Option<crate::state::Trigger>,
+    pub started: f64,
+    pub elapsed_secs: f64,
+    pub count: usize,
+    pub started_count: usize,
+    pub running: usize,
+    pub finished_count: usize,
+    /// Seconds until the last planned start (0 once it is past).
+    pub eta_last_start_secs: f64,
+    pub counts: BTreeMap<String, usize>,
+    pub ended: Option<f64>,
+    pub exit_code: Option<u8>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunningTask {
+    pub id: String,
+    pub lock: String,
+    pub pid: Option<i32>,
+    pub started: Option<f64>,
+    pub running_secs: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceView {
+    pub failing: bool,
+    /// Seconds since the last outcome (end, or start if it never ended).
+    pub age_secs: Option<f64>,
+    #[serde(flatten)]
+    pub record: InstanceRecord,
+}
+
+/// Collects the status of one job.
+pub fn gather(
+    dir: &StateDir,
+    name: &OsStr,
+    lock_base: Option<&Path>,
+    now: SystemTime,
+) -> Result<Status> {
+    let now_secs = unix_secs(now);
+    let records = dir.instances()?;
+    let runs = dir.runs()?;
+    let lock_dir = match lock_base {
+        Some(base) => Some(lock::job_dir(&lock::resolve_base(Some(base))?, name)),
+        None => runs
+            .iter()
+            .rev()
+            .find(|r| !r.lock_dir.is_empty())
+            .map(|r| PathBuf::from(&r.lock_dir))
+            .or_else(|| {
+                lock::resolve_base(None)
+                    .ok()
+                    .map(|b| lock::job_dir(&b, name))
+            }),
+    };
+    let runs_in_progress = runs
+        .iter()
+        .filter(|r| r.state == "running")
+        .map(|r| run_view(r, now_secs))
+        .collect();
+    let last_finished_run = runs
+        .iter()
+        .rev()
+        .find(|r| r.state != "running")
+        .map(|r| run_view(r, now_secs));
+    let running = match &lock_dir {
+        Some(dir) => running_tasks(dir, &records, now)?,
+        None => Vec::new(),
+    };
+    let mut instances: Vec<InstanceView> = records
+        .into_iter()
+        .map(|(key, mut record)| {
+            let when = record
+                .last_end
+                .or(record.last_start)
+                .or(record.last_skip_at);
+            if record.id.is_empty() {
+                record.id = key;
+            }
+            InstanceView {
+                failing: record.failing(),
+                age_secs: when.map(|t| (now_secs - t).max(0.0)),
+                record,
+            }
+        })
+        .collect();
+    instances.sort_by(|a, b| {
+        b.failing
+            .cmp(&a.failing)
+            .then(
+                b.record
+                    .consecutive_failures
+                    .cmp(&a.record.consecutive_failures),
+            )
+            .then(a.record.id.cmp(&b.record.id))
+    });
+    let failing = instances.iter().filter(|i| i.failing).count();
+    Ok(Status {
+        format: "scatter-status/1",
+        name: name.to_string_lossy().into_owned(),
+        state_dir: dir.path.to_string_lossy().into_owned(),
+        lock_dir: lock_dir.map(|d| d.to_string_lossy().into_owned()),
+        now: now_secs,
+        runs_in_progress,
+        last_finished_run,
+        running,
+        instances,
+        failing,
+        exit_code: if failing > 0 { exit::FAILURE } else { exit::OK },
+    })
+}
+
+fn run_view(r: &RunRecord, now: f64) -> RunView {
+    let alive = r.state == "running"
+        && platform::proc_stat(r.pid).is_some_and(|s| s.starttime == r.pid_starttime);
+    let state = if r.state == "running" && !alive {
+        "died"
+    } else {
+        r.state.as_str()
+    };
+    RunView {
+        run_id: r.run_id.clone(),
+        pid: r.pid,
+        state: state.to_string(),
+        trigger: r.trigger,
+        started: r.started,
+        elapsed_secs: (r.ended.unwrap_or(now) - r.started).max(0.0),
+        count: r.count,
+        started_count: r.started_count,
+        running: r.running,
+        finished_count: r.finished_count,
+        eta_last_start_secs: if alive {
+            (r.spread_end - now).max(0.0)
+        } else {
+            0.0
+        },
+        counts: r.counts.clone(),
+        ended: r.ended,
+        exit_code: r.exit_code,
+    }
+}
+
+/// The lock files in `lock_dir` that some process holds right now.
+fn running_tasks(
+    lock_dir: &Path,
+    records: &BTreeMap<String, InstanceRecord>,
+    now: SystemTime,
+) -> Result<Vec<RunningTask>> {
+    let held = platform::held_flocks().context("cannot read /proc/locks")?;
+    let entries = match std::fs::read_dir(lock_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("cannot list {}", quoted(lock_dir))),
+    };
+    let mut running = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(stem) = name.as_bytes().strip_suffix(b".lock") else {
+            continue;
+        };
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            continue;
+        };
+        if !meta.is_file() || !held.contains(&(meta.dev(), meta.ino())) {
+            continue;
+        }
+        let stem = String::from_utf8_lossy(stem).into_owned();
+        let id =
+            records
+                .get(&stem)
+                .map(|r| r.id.clone())
+                .unwrap_or_else(|| match decode_stem(&stem) {
+                    Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    None => stem.clone(),
+                });
+        let holder = std::fs::File::open(entry.path())
+            .ok()
+            .and_then(|f| Holder::read_from(&f));
+        running.push(RunningTask {
+            id,
+            lock: entry.path().to_string_lossy().into_owned(),
+            pid: holder.as_ref().map(|h| h.pid),
+            started: holder.as_ref().map(|h| unix_secs(h.started)),
+            running_secs: holder.as_ref().map(|h| {
+                now.duration_since(h.started)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            }),
+        });
+    }
+    running.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(running)
+}
+
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+fn secs(s: f64) -> String {
+    display::duration(Duration::from_secs_f64(s.max(0.0)))
+}
+
+/// The terminal form.
+pub fn write_text(s: &Status, color: bool, out: &mut impl Write) -> std::io::Result<()> {
+    let paint = |code: &str, text: String| {
+        if color {
+            format!("{code}{text}{RESET}")
+        } else {
+            text
+        }
+    };
+    writeln!(
+        out,
+        "{}",
+        paint(BOLD, format!("scatter status {}", quoted(&s.name)))
+    )?;
+    writeln!(out, "  state {}", quoted(&s.state_dir))?;
+    if let Some(dir) = &s.lock_dir {
+        writeln!(out, "  locks {}", quoted(dir))?;
+    }
+    writeln!(out)?;
+    writeln!(out, "{}", paint(BOLD, "Runs in progress".into()))?;
+    if s.runs_in_progress.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for r in &s.runs_in_progress {
+        let trigger = r.trigger.map_or("", |t| match t {
+            crate::state::Trigger::Cron => "cron",
+            crate::state::Trigger::Manual => "manual",
+        });
+        if r.state == "died" {
+            let line = format!(
+                "  {}  pid {} ({trigger}) started {} ago: died, {} of {} slots reached, {} finished",
+                r.run_id,
+                r.pid,
+                secs(r.elapsed_secs),
+                r.started_count.max(r.finished_count),
+                r.count,
+                r.finished_count
+            );
+            writeln!(out, "{}", paint(YELLOW, line))?;
+            continue;
+        }
+        let eta = if r.eta_last_start_secs > 0.0 {
+            format!("last start in {}", secs(r.eta_last_start_secs))
+        } else {
+            "all started".to_string()
+        };
+        writeln!(
+            out,
+            "  {}  pid {} ({trigger}) running for {}: {} of {} started, {} running, {} finished; {eta}",
+            r.run_id,
+            r.pid,
+            secs(r.elapsed_secs),
+            r.started_count,
+            r.count,
+            r.running,
+            r.finished_count
+        )?;
+    }
+    if let Some(r) = &s.last_finished_run {
+        let counts: Vec<String> = r
+            .counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{n} {}", k.replace('_', " ")))
+            .collect();
+        let ago = r.ended.map_or(String::new(), |e| {
+            format!("ended {} ago, ", secs(s.now - e))
+        });
+        writeln!(
+            out,
+            "  last: {} {ago}{} after {}: {} (exit {})",
+            r.run_id,
+            r.state,
+            secs(r.elapsed_secs),
+            if counts.is_empty() {
+                "no instances".to_string()
+            } else {
+                counts.join(", ")
+            },
+            r.exit_code.map_or("?".to_string(), |c| c.to_string())
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(out, "{}", paint(BOLD, "Running now (locks held)".into()))?;
+    if s.running.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    let run_width = s
+        .running
+        .iter()
+        .map(|t| quoted(&t.id).chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(32);
+    for t in &s.running {
+        let who = match (t.pid, t.running_secs) {
+            (Some(pid), Some(run)) => format!("pid {pid}, for {}", secs(run)),
+            _ => "holder unknown (no holder record)".to_string(),
+        };
+        writeln!(out, "  {:run_width$}  {who}", quoted(&t.id))?;
+    }
+    writeln!(out)?;
+    let head = format!("Instances ({} of {} failing)", s.failing, s.instances.len());
+    // Align the outcomes, unless one very long id would push them far right.
+    let width = s
+        .instances
+        .iter()
+        .map(|i| quoted(&i.record.id).chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(32);
+    writeln!(out, "{}", paint(BOLD, head))?;
+    for i in &s.instances {
+        let r = &i.record;
+        let outcome = match r.outcome.as_deref() {
+            Some("failed") => format!("exited with status {}", r.exit_code.unwrap_or(-1)),
+            Some("killed") => format!("killed by {}", platform::signal_name(r.signal.unwrap_or(0))),
+            Some("timed_out") => "timed out".to_string(),
+            Some("failed_to_start") => {
+                format!("failed to start: {}", r.reason.as_deref().unwrap_or("?"))
+            }
+            Some(other) => other.to_string(),
+            None => "never ran".to_string(),
+        };
+        let age = i
+            .age_secs
+            .map_or(String::new(), |a| format!(", {} ago", secs(a)));
+        let after = r
+            .last_duration_secs
+            .map_or(String::new(), |d| format!(" after {}", secs(d)));
+        let fails = match r.consecutive_failures {
+            0 => String::new(),
+            1 => ", 1 failure in a row".to_string(),
+            n => format!(", {n} failures in a row"),
+        };
+        let skip = match (&r.last_skip_reason, r.last_skip_at) {
+            (Some(why), Some(at)) => format!("; skipped {} ago: {why}", secs(s.now - at)),
+            _ => String::new(),
+        };
+        let line = format!(
+            "  {:width$}  {outcome}{after}{age}{fails}{skip}",
+            quoted(&r.id)
+        );
+        if i.failing {
+            writeln!(out, "{}", paint(RED, line))?;
+        } else {
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
