@@ -228,28 +228,33 @@ pub struct Signals {
 impl Signals {
     pub fn install() -> io::Result<Signals> {
         let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        // One write end for every signal: the spawner's descriptors stay few
+        // (so a low `ulimit -n` leaves room for the tasks' locks).
+        let write = Arc::new(write);
         let stops = Arc::new(AtomicUsize::new(0));
         let last_stop = Arc::new(AtomicUsize::new(0));
         let mut ids = Vec::new();
         for sig in [SIGCHLD, SIGTERM, SIGINT, SIGHUP] {
-            ids.push(signal_hook::low_level::pipe::register_raw(
-                sig,
-                write.try_clone()?,
-            )?);
-        }
-        for sig in [SIGTERM, SIGINT, SIGHUP] {
-            let (stops, last) = (Arc::clone(&stops), Arc::clone(&last_stop));
-            // SAFETY: the action only performs atomic stores, which are
-            // async-signal-safe; it allocates nothing and takes no lock.
+            let (stops, last, write) = (
+                Arc::clone(&stops),
+                Arc::clone(&last_stop),
+                Arc::clone(&write),
+            );
+            // SAFETY: the action performs only atomic operations and one
+            // write(2) to a non-blocking pipe, all async-signal-safe; it
+            // allocates nothing and takes no lock (signal-hook saves errno).
             let id = unsafe {
                 signal_hook::low_level::register(sig, move || {
-                    last.store(sig as usize, Ordering::SeqCst);
-                    stops.fetch_add(1, Ordering::SeqCst);
+                    if sig != SIGCHLD {
+                        last.store(sig as usize, Ordering::SeqCst);
+                        stops.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // A full pipe already guarantees a wake-up.
+                    let _ = rustix::io::write(&*write, b"!");
                 })
             }?;
             ids.push(id);
         }
-        drop(write);
         Ok(Signals {
             read,
             stops,

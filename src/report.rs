@@ -23,6 +23,8 @@ pub enum Skip {
     /// Its lock was held by a task past its timeout whose run had died; that
     /// task's group was killed, and the next window runs the instance.
     KilledHungHolder(String),
+    /// Its directory was removed between the plan and its slot.
+    Vanished,
 }
 
 impl Skip {
@@ -31,6 +33,7 @@ impl Skip {
         match self {
             Skip::Locked(holder) => format!("locked by {holder}"),
             Skip::KilledHungHolder(holder) => format!("killed a hung holder: {holder}"),
+            Skip::Vanished => "its directory no longer exists".to_string(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Report {
                 Outcome::Failed(code) => (*code & 0xff) as u8,
                 Outcome::Killed(sig) => exit::SIGNAL_BASE.saturating_add(*sig as u8),
                 Outcome::TimedOut => exit::TIMED_OUT,
+                Outcome::Skipped(Skip::Vanished) => exit::FAILURE,
                 Outcome::Skipped(_) => exit::LOCKED,
                 Outcome::FailedToStart { code, .. } => *code,
                 Outcome::NotStarted => exit::FAILURE,

@@ -281,6 +281,16 @@ impl Supervisor<'_> {
 
     fn start(&mut self, entry: &Entry, deadline: Instant) {
         let tag = quoted(&entry.id);
+        let path = self.plan.path(entry);
+        if !path.is_dir() {
+            // Removed (a tenant deleted) since the plan was made.
+            info!(instance = &*entry.id.to_string_lossy(); "{tag}: skipped: its directory no longer exists");
+            self.record(
+                entry.slot,
+                TaskResult::new(Outcome::Skipped(Skip::Vanished)),
+            );
+            return;
+        }
         let lock_path = self.plan.lock_path(entry);
         let file = match lock::try_acquire(&lock_path) {
             Ok(Attempt::Acquired(file)) => file,
@@ -302,7 +312,6 @@ impl Supervisor<'_> {
             }
         };
         let argv = self.plan.argv(entry);
-        let path = self.plan.path(entry);
         let env = TaskEnv {
             id: &entry.id,
             path: &path,
