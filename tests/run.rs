@@ -24,7 +24,7 @@ fn starts_are_spread_in_order_across_the_window() {
             "slot {k} started early: {offset:.4}s < {slot}s"
         );
         assert!(
-            offset < slot + 0.15,
+            offset < slot + 0.4,
             "slot {k} started late: {offset:.4}s vs {slot}s"
         );
         assert_eq!(rec.argv[0], rec.id);

@@ -209,13 +209,15 @@ fn the_concurrency_cap_is_never_exceeded() {
     assert!(peak <= 2, "{peak} tasks overlapped with --max-concurrent 2");
     let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).unwrap();
     assert!(doc["delayed_by_cap"].as_u64().unwrap() > 0, "{doc}");
-    // Starts still follow the plan order.
-    let slots: Vec<usize> = {
-        let mut by_start = recs.clone();
-        by_start.sort_by_key(|r| r.start_ns);
-        by_start.iter().map(|r| r.slot).collect()
-    };
-    assert_eq!(slots, (0..8).collect::<Vec<_>>());
+    // Starts still follow the plan order: scatter's own start times (the
+    // tasks' clocks may see two near-simultaneous starts swapped).
+    let started: Vec<f64> = doc["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["started"].as_f64().unwrap())
+        .collect();
+    assert!(started.windows(2).all(|w| w[0] <= w[1]), "{started:?}");
 }
 
 #[test]
