@@ -15,6 +15,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
 use crate::logging::Sink;
+use crate::shard::{self, Shard};
 
 const ABOUT: &str =
     "Spread one task per instance directory evenly across a time window, each under its own lock";
@@ -84,6 +85,18 @@ pub enum Command {
     /// Show runs in progress, tasks running now and each instance's last outcome.
     #[command(after_help = STATUS_AFTER)]
     Status(StatusArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (scatter.1), or write every page into a directory.
+    Manpage {
+        /// Write scatter.1 and one page per subcommand here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 const STATUS_AFTER: &str = "\
@@ -169,6 +182,14 @@ pub struct RunArgs {
     /// Exit right after the last start; tasks keep running under their locks.
     #[arg(long, env = "SCATTER_DETACH")]
     pub detach: bool,
+
+    /// Run only the instances of shard K of N (K from 0), by rendezvous hashing of the id.
+    #[arg(long, value_name = "K/N", env = "SCATTER_SHARD", value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
+
+    /// Number of shards; this run's index then comes from JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "N", env = "SCATTER_SHARDS", value_parser = shard::parse_count)]
+    pub shards: Option<u32>,
 
     /// Where run and instance records go, for scatter status
     /// [default: /var/lib/scatter/NAME, else $XDG_STATE_HOME/scatter/NAME].

@@ -16,6 +16,7 @@ use crate::cli::{Format, Order, OutputMode, RunArgs};
 use crate::display::quoted;
 use crate::exit::{self, Fatal};
 use crate::lock;
+use crate::shard::Shard;
 use crate::state::StateDir;
 use crate::supervise::Options;
 use crate::template::Template;
@@ -57,6 +58,8 @@ pub struct RunConfig {
     pub program: Option<PathBuf>,
     /// Concurrency cap, timeouts, detach, output.
     pub supervision: Options,
+    /// `--shard` / `JOB_COMPLETION_INDEX` with `--shards`.
+    pub shard: Option<Shard>,
     /// Where run and instance records go; `None` if no directory is usable.
     pub state_dir: Option<PathBuf>,
     pub keep_runs: usize,
@@ -95,6 +98,7 @@ impl RunConfig {
             detach: args.detach,
             output,
         };
+        let shard = Shard::select(args.shard, args.shards)?;
         let lock_base = lock::resolve_base(args.lock_dir.as_deref())?;
         let lock_dir = lock::job_dir(&lock_base, &name);
         let state_dir = match StateDir::resolve(args.state_dir.as_deref(), &name) {
@@ -125,6 +129,7 @@ impl RunConfig {
             template,
             program,
             supervision,
+            shard,
             state_dir,
             keep_runs: args.keep_runs,
             metrics_file,

@@ -43,6 +43,9 @@ fn write_text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
             plan.order.as_str()
         )?;
     }
+    if let Some(shard) = plan.shard {
+        writeln!(out, "# shard     {shard} (rendezvous hashing of the id)")?;
+    }
     writeln!(out, "# instances {}", quoted(&plan.instances))?;
     writeln!(out, "# locks     {}", quoted(&plan.lock_dir))?;
     for entry in &plan.entries {
@@ -68,6 +71,7 @@ struct Header<'a> {
     interval_secs: f64,
     order: &'a str,
     manual: bool,
+    shard: Option<String>,
     count: usize,
 }
 
@@ -114,6 +118,7 @@ fn write_json(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
         interval_secs: plan.interval().as_secs_f64(),
         order: plan.order.as_str(),
         manual: plan.manual,
+        shard: plan.shard.map(|s| s.to_string()),
         count: plan.entries.len(),
     };
     let head = serde_json::to_string(&header)?;

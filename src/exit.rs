@@ -44,7 +44,7 @@ Exit status:
    75    --only ID: the instance is locked by another process
   124    --only ID: the task timed out
   126    --only ID: the command could not be executed
-  127    --only ID: the command was not found
+  127    the command was not found
   128+N  scatter was stopped by signal N (--only ID: the task was killed by it)
   other  --only ID: the task's own exit status";
 

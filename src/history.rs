@@ -57,6 +57,7 @@ impl<'a> History<'a> {
             started: unix_secs(clock.start_wall),
             spread_end: unix_secs(clock.start_wall + spread_end),
             window_secs: plan.window.as_secs_f64(),
+            shard: plan.shard.map(|s| s.to_string()),
             count: plan.entries.len(),
             state: "running".into(),
             ..RunRecord::default()
@@ -98,7 +99,8 @@ impl<'a> History<'a> {
             run.running = 0;
         });
         // After a full run, records of instances that no longer exist go.
-        let keep = (!self.plan.manual).then(|| {
+        // A shard sees only part of the instances, so it never prunes.
+        let keep = (!self.plan.manual && self.plan.shard.is_none()).then(|| {
             let mut keys: Vec<String> =
                 self.plan.entries.iter().map(|e| encode_id(&e.id)).collect();
             keys.sort();

@@ -6,7 +6,7 @@ use clap::Parser;
 
 use scatter::cli::{Cli, Command};
 use scatter::config::Clock;
-use scatter::{app, exit, logging, status};
+use scatter::{app, docs, exit, logging, status};
 
 fn main() -> ExitCode {
     // Taken first, so that scatter's own start-up counts against the window.
@@ -16,6 +16,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => app::run(args, clock),
         Command::Status(args) => status::run(args),
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout().lock());
+            Ok(exit::OK)
+        }
+        Command::Manpage { dir } => match dir {
+            Some(dir) => docs::manpages_to(&dir).map(|()| exit::OK),
+            None => docs::manpage(&mut std::io::stdout().lock()).map(|()| exit::OK),
+        },
     };
     match result {
         Ok(code) => ExitCode::from(code),

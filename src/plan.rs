@@ -19,6 +19,7 @@ use crate::config::RunConfig;
 use crate::display::quoted;
 use crate::exit::Fatal;
 use crate::lock;
+use crate::shard::Shard;
 use crate::template::Template;
 
 /// One planned start.
@@ -41,6 +42,8 @@ pub struct Plan {
     pub order: Order,
     /// `--only`: started at once, as a manual run.
     pub manual: bool,
+    /// The shard this run covers (`None`: every instance).
+    pub shard: Option<Shard>,
     pub entries: Vec<Entry>,
     /// The command resolved through PATH, when it is the same for everyone.
     pub program: Option<PathBuf>,
@@ -51,10 +54,16 @@ impl Plan {
     /// Builds the plan from the discovered ids (sorted bytewise).
     pub fn build(cfg: &RunConfig, ids: Vec<OsString>) -> Result<Plan> {
         let manual = !cfg.only.is_empty();
+        // `--only` runs exactly what was asked, whatever the shard.
+        let shard = if manual { None } else { cfg.shard };
         let ids = if manual {
             select(&cfg.instances, ids, &cfg.only)?
         } else {
-            order(ids, cfg.order)
+            let mine = match shard {
+                Some(shard) => ids.into_iter().filter(|id| shard.owns(id)).collect(),
+                None => ids,
+            };
+            order(mine, cfg.order)
         };
         let n = ids.len();
         let entries = ids
@@ -77,6 +86,7 @@ impl Plan {
             window: cfg.window,
             order: cfg.order,
             manual,
+            shard,
             entries,
             program: cfg.program.clone(),
             template: cfg.template.clone(),

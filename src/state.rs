@@ -126,6 +126,8 @@ pub struct RunRecord {
     /// When the last start is planned (unix seconds).
     pub spread_end: f64,
     pub window_secs: f64,
+    /// `K/N` when the run covered one shard.
+    pub shard: Option<String>,
     pub count: usize,
     pub started_count: usize,
     pub running: usize,

@@ -44,3 +44,68 @@ fn every_exit_code_is_in_the_readme() {
         );
     }
 }
+
+const REGENERATE: &str = "regenerate with: cargo run -q -- manpage --dir doc/man && \
+for s in bash zsh fish; do cargo run -q -- completions $s; done \
+(to doc/completions/scatter.bash, _scatter, scatter.fish)";
+
+#[test]
+fn shipped_man_pages_match_the_flags() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/doc/man");
+    let pages = scatter::docs::manpages().unwrap();
+    let mut shipped: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    shipped.sort();
+    let mut names: Vec<String> = pages.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(shipped, names, "{REGENERATE}");
+    for (name, text) in &pages {
+        let on_disk = std::fs::read(format!("{dir}/{name}")).unwrap();
+        assert!(on_disk == *text, "doc/man/{name} is stale; {REGENERATE}");
+    }
+    // Every long flag of `run` is on its page.
+    let run = String::from_utf8_lossy(&pages.iter().find(|(n, _)| n == "scatter-run.1").unwrap().1)
+        .into_owned();
+    let cmd = Cli::command();
+    for arg in cmd.find_subcommand("run").unwrap().get_arguments() {
+        if let Some(long) = arg.get_long() {
+            assert!(
+                run.contains(&format!("\\-\\-{}", long.replace('-', "\\-"))),
+                "--{long} missing from scatter-run.1"
+            );
+        }
+    }
+}
+
+#[test]
+fn shipped_completions_match_the_flags() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/doc/completions");
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "scatter.bash"),
+        (clap_complete::Shell::Zsh, "_scatter"),
+        (clap_complete::Shell::Fish, "scatter.fish"),
+    ] {
+        let mut fresh = Vec::new();
+        scatter::docs::completions(shell, &mut fresh);
+        let on_disk = std::fs::read(format!("{dir}/{file}")).unwrap();
+        assert!(
+            on_disk == fresh,
+            "doc/completions/{file} is stale; {REGENERATE}"
+        );
+        let text = String::from_utf8(fresh).unwrap();
+        for flag in [
+            "--instances",
+            "--window",
+            "--max-concurrent",
+            "--metrics-file",
+            "--shard",
+        ] {
+            assert!(
+                text.contains(flag.trim_start_matches('-')),
+                "{file} lacks {flag}"
+            );
+        }
+    }
+}

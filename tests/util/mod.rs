@@ -34,6 +34,9 @@ const SCRUB: &[&str] = &[
     "SCATTER_KEEP_RUNS",
     "SCATTER_METRICS_FILE",
     "SCATTER_LOG",
+    "SCATTER_SHARD",
+    "SCATTER_SHARDS",
+    "JOB_COMPLETION_INDEX",
     "SCATTER_SYSLOG_SOCKET",
     "SCATTER_JOURNAL_SOCKET",
     "JOURNAL_STREAM",
@@ -400,4 +403,26 @@ pub fn live_group_members(pgid: i32) -> usize {
         }
     }
     live
+}
+
+/// How many running processes have `needle` in their command line.
+pub fn processes_running(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
+            !zombie
+                && std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .count()
 }
