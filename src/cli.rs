@@ -51,7 +51,8 @@ Examples:
   scatter run --instances /srv/instances --dry-run --format json -- ./checkmail {}";
 
 #[derive(Parser, Debug)]
-#[command(name = "scatter", version, about = ABOUT, long_about = LONG_ABOUT, after_help = exit::HELP_TABLE)]
+#[command(name = "scatter", version, about = ABOUT, long_about = LONG_ABOUT, after_help = exit::HELP_TABLE,
+          args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -39,18 +39,12 @@ fn too_few_descriptors_fail_only_the_tasks_that_need_one() {
     let fx = Fixture::with(&names);
     // --output tag needs a pipe per running task; with 16 descriptors and
     // tasks that overlap, some starts hit EMFILE.
-    let mut cmd = std::process::Command::new("sh");
-    cmd.args(["-c", "ulimit -n 16 && exec \"$0\" \"$@\""])
-        .arg(util::BIN)
-        .args(["run", "--instances"])
-        .arg(&fx.instances)
-        .arg("--lock-dir")
-        .arg(&fx.locks)
-        .arg("--state-dir")
-        .arg(fx.state())
-        .args([
+    let mut cmd = fx.run_wrapped(
+        &["prlimit", "--nofile=16", "--"],
+        &[
             "--window", "100ms", "--output", "tag", "--format", "json", "--", "sleep", "1",
-        ]);
+        ],
+    );
     let ran = run(&mut cmd, fx.tmp.path());
     ran.expect_code(1);
     let doc: serde_json::Value =
@@ -90,20 +84,13 @@ fn too_few_processes_fail_only_the_starts_that_hit_eagain() {
     let names: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
     let fx = Fixture::with(&names);
     hand_to_nobody(&fx);
-    let mut cmd = std::process::Command::new("prlimit");
     // RLIMIT_NPROC counts every process and thread of the uid: scatter, its
     // state writer and two sleeps fit, later starts get EAGAIN.
-    cmd.args(["--nproc=4", "--"])
-        .arg(util::BIN)
-        .args(["run", "--instances"])
-        .arg(&fx.instances)
-        .arg("--lock-dir")
-        .arg(&fx.locks)
-        .arg("--state-dir")
-        .arg(fx.state())
-        .args(["--window", "200ms", "--format", "json", "--", "sleep", "2"])
-        .uid(NOBODY)
-        .gid(NOBODY);
+    let mut cmd = fx.run_wrapped(
+        &["prlimit", "--nproc=4", "--"],
+        &["--window", "200ms", "--format", "json", "--", "sleep", "2"],
+    );
+    cmd.uid(NOBODY).gid(NOBODY);
     let ran = run(&mut cmd, fx.tmp.path());
     ran.expect_code(1);
     let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).expect("JSON report");

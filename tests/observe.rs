@@ -217,21 +217,15 @@ fn status_is_ok_when_nothing_fails_and_needs_a_job() {
 #[test]
 fn an_unwritable_state_dir_does_not_stop_the_run() {
     let fx = Fixture::with(&["a", "b"]);
-    let mut cmd = util::scatter();
-    cmd.args(["run", "--instances"])
-        .arg(&fx.instances)
-        .arg("--lock-dir")
-        .arg(&fx.locks)
-        .args([
-            "--state-dir",
-            "/proc/no-state-here",
-            "--window",
-            "100ms",
-            "--",
-        ])
-        .arg(&fx.recorder)
-        .arg("{}")
-        .env("REC_DIR", &fx.rec);
+    // The last --state-dir wins over the fixture's own.
+    let mut cmd = fx.run(&[
+        "--state-dir",
+        "/proc/no-state-here",
+        "--window",
+        "100ms",
+        "--",
+    ]);
+    cmd.arg(&fx.recorder).arg("{}");
     let ran = run(&mut cmd, fx.tmp.path());
     ran.expect_code(0)
         .expect_stderr("cannot create state directory");

@@ -67,18 +67,12 @@ fn stopped_runs_account_for_every_instance_and_leave_nothing_behind() {
         assert_eq!(out.status.code(), Some(143), "round {round}");
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let counts = &doc["counts"];
-        let total: u64 = [
-            "ok",
-            "failed",
-            "killed",
-            "timed_out",
-            "failed_to_start",
-            "skipped",
-            "not_started",
-        ]
-        .iter()
-        .map(|k| counts[k].as_u64().unwrap())
-        .sum();
+        let total: u64 = counts
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
         assert_eq!(total, 60, "round {round}: {counts}");
         assert!(
             counts["not_started"].as_u64().unwrap() > 0,

@@ -104,19 +104,41 @@ impl Fixture {
         path
     }
 
+    /// `run --instances … --lock-dir … --state-dir …`: the arguments that
+    /// keep a run inside the fixture, for wrappers such as `prlimit`.
+    pub fn run_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "run".into(),
+            "--instances".into(),
+            self.instances.clone().into(),
+        ];
+        args.extend(["--lock-dir".into(), self.locks.clone().into()]);
+        args.extend(["--state-dir".into(), self.state().into()]);
+        args
+    }
+
     /// `scatter run --instances … --lock-dir … --state-dir …` plus `args`,
     /// ready for `--`. Everything stays inside the fixture.
     pub fn run(&self, args: &[&str]) -> Command {
         let mut cmd = scatter();
-        cmd.arg("run")
-            .arg("--instances")
-            .arg(&self.instances)
-            .arg("--lock-dir")
-            .arg(&self.locks)
-            .arg("--state-dir")
-            .arg(self.state())
+        cmd.args(self.run_args())
             .args(args)
             .env("REC_DIR", &self.rec);
+        cmd
+    }
+
+    /// The fixture's run, through a wrapper command (such as `prlimit
+    /// --nproc=4 --`), with the environment scrubbed as for [`scatter`].
+    pub fn run_wrapped(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(BIN)
+            .args(self.run_args())
+            .args(args);
+        for var in SCRUB {
+            cmd.env_remove(var);
+        }
+        cmd.env("REC_DIR", &self.rec).stdin(Stdio::null());
         cmd
     }
 
