@@ -30,6 +30,9 @@ echo "start $1 $$ $(date +%s%N)" >> "$log"
 n=$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
 sleep "$((n % 3)).$((n % 1000))" &
 wait $!
+# From here a SIGTERM is ignored: the shell is about to end anyway, and
+# this way every task writes exactly one end line.
+trap '' TERM
 echo "end $1 $$ $(date +%s%N)" >> "$log"
 "#;
 
