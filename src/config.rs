@@ -91,6 +91,13 @@ impl RunConfig {
                 .hint("with --detach scatter exits before the tasks finish, so it cannot relay their output; use --output dir=PATH or null")
                 .into());
         }
+        if args.detach && std::env::var_os("INVOCATION_ID").is_some() {
+            // systemd sets INVOCATION_ID for services; when the service's
+            // main process exits, systemd kills what remains in its cgroup.
+            warn!(
+                "--detach under systemd: the service manager kills the tasks when scatter exits, unless the unit sets KillMode=process"
+            );
+        }
         let supervision = Options {
             max_concurrent: args.max_concurrent,
             timeout: args.timeout,

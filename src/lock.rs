@@ -17,7 +17,7 @@
 
 use std::ffi::OsStr;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -118,7 +118,8 @@ fn check_private(dir: &Path) -> std::result::Result<(), Fatal> {
             )
         } else {
             format!(
-                "anyone who can write there can plant or hold locks; run `chmod go-w {}` or use another directory",
+                "anyone who can write there can plant or hold locks; use a private subdirectory, such as --lock-dir {} (scatter creates it), or run `chmod go-w {}`",
+                quoted(dir.join("scatter")),
                 quoted(dir)
             )
         };
@@ -181,11 +182,40 @@ pub fn lock_path(job_dir: &Path, id: &OsStr) -> PathBuf {
 /// The result of trying to lock an instance.
 #[derive(Debug)]
 pub enum Attempt {
-    /// We hold the lock; the file is the locked descriptor.
-    Acquired(File),
+    /// We hold the lock on this descriptor.
+    Acquired(Locked),
     /// Someone else holds it; their record, if readable.
     Busy(Option<Holder>),
 }
+
+/// A lock file we hold, and its size when we took it.
+#[derive(Debug)]
+pub struct Locked {
+    pub file: File,
+    len: u64,
+}
+
+impl Locked {
+    /// Writes the holder record. Records are padded to a fixed width, so
+    /// after the first one a rewrite never needs to shorten the file.
+    pub fn record(&self, holder: &Holder) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut line = holder.to_line().into_bytes();
+        if line.len() < RECORD_WIDTH {
+            line.pop();
+            line.resize(RECORD_WIDTH - 1, b' ');
+            line.push(b'\n');
+        }
+        self.file.write_all_at(&line, 0)?;
+        if self.len > line.len() as u64 {
+            self.file.set_len(line.len() as u64)?;
+        }
+        Ok(())
+    }
+}
+
+/// Holder records are padded with spaces to this many bytes.
+const RECORD_WIDTH: usize = 256;
 
 /// Why an instance's lock could not even be tried. Only that instance fails.
 #[derive(Debug)]
@@ -248,7 +278,10 @@ pub fn try_acquire(path: &Path) -> std::result::Result<Attempt, LockError> {
         )));
     }
     match file.try_lock() {
-        Ok(()) => Ok(Attempt::Acquired(file)),
+        Ok(()) => Ok(Attempt::Acquired(Locked {
+            file,
+            len: meta.len(),
+        })),
         Err(fs::TryLockError::WouldBlock) => Ok(Attempt::Busy(Holder::read_from(&file))),
         Err(fs::TryLockError::Error(err)) => Err(LockError::Io(io::Error::new(
             err.kind(),
@@ -284,8 +317,9 @@ pub struct Holder {
     /// The task's pid, which is also its process group id.
     pub pid: i32,
     /// The task's start time in clock ticks since boot (`/proc/<pid>/stat`
-    /// field 22), to tell it from a later process that reuses the pid.
-    pub starttime: u64,
+    /// field 22), to tell it from a later process that reuses the pid: the
+    /// spawner knows it lies between two clock readings around the spawn.
+    pub starttime: StartTime,
     /// Wall-clock start.
     pub started: SystemTime,
     /// The timeout the task runs under, if any.
@@ -298,6 +332,41 @@ pub struct Holder {
 }
 
 const RECORD_TAG: &str = "scatter-holder/1";
+
+/// A start time known to lie in `lo..=hi` (usually `lo == hi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartTime {
+    pub lo: u64,
+    pub hi: u64,
+}
+
+impl StartTime {
+    pub fn exact(t: u64) -> StartTime {
+        StartTime { lo: t, hi: t }
+    }
+
+    pub fn contains(&self, t: u64) -> bool {
+        (self.lo..=self.hi).contains(&t)
+    }
+
+    fn parse(s: &str) -> Option<StartTime> {
+        let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+        Some(StartTime {
+            lo: lo.parse().ok()?,
+            hi: hi.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for StartTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
 
 impl Holder {
     /// The record's one-line text form.
@@ -316,7 +385,7 @@ impl Holder {
     /// Parses the first line of a lock file; `None` if it is not a record.
     pub fn parse(text: &str) -> Option<Holder> {
         let line = text.lines().next()?;
-        let mut words = line.split(' ');
+        let mut words = line.split_ascii_whitespace();
         if words.next()? != RECORD_TAG {
             return None;
         }
@@ -327,7 +396,7 @@ impl Holder {
             let (key, value) = word.split_once('=')?;
             match key {
                 "pid" => pid = value.parse().ok(),
-                "starttime" => starttime = value.parse().ok(),
+                "starttime" => starttime = StartTime::parse(value),
                 "started" => started = parse_decimal_secs(value),
                 "timeout" if value != "none" => timeout = Some(parse_decimal_secs(value)?),
                 "grace" => grace = parse_decimal_secs(value)?,
@@ -346,20 +415,11 @@ impl Holder {
     }
 
     /// Reads the record from a lock file we opened but do not hold.
-    pub fn read_from(mut file: &File) -> Option<Holder> {
-        let mut buf = String::new();
-        file.seek(SeekFrom::Start(0)).ok()?;
-        file.take(512).read_to_string(&mut buf).ok()?;
-        Holder::parse(&buf)
-    }
-
-    /// Writes the record into the lock file we hold. The write goes first and
-    /// the truncation after, so a concurrent reader sees a whole first line.
-    pub fn write_to(&self, mut file: &File) -> io::Result<()> {
-        let line = self.to_line();
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(line.as_bytes())?;
-        file.set_len(line.len() as u64)
+    pub fn read_from(file: &File) -> Option<Holder> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 512];
+        let n = file.read_at(&mut buf, 0).ok()?;
+        Holder::parse(std::str::from_utf8(&buf[..n]).ok()?)
     }
 
     /// Whether the task is past its timeout plus the grace period its own
@@ -375,7 +435,7 @@ impl Holder {
 
     /// Whether the recorded process is still the one that took the lock.
     pub fn is_alive(&self) -> bool {
-        platform::proc_stat(self.pid).is_some_and(|s| s.starttime == self.starttime)
+        platform::proc_stat(self.pid).is_some_and(|s| self.starttime.contains(s.starttime))
     }
 
     /// "pid 1234 since 2026-11-23T15:12:01Z (3m 2s)", for skip messages.
@@ -423,7 +483,10 @@ mod tests {
     fn holder_round_trips() {
         let h = Holder {
             pid: 1234,
-            starttime: 98765,
+            starttime: StartTime {
+                lo: 98765,
+                hi: 98766,
+            },
             started: UNIX_EPOCH + Duration::from_micros(1_763_900_000_123_456),
             timeout: Some(Duration::from_millis(30_500)),
             grace: Duration::from_secs(10),
@@ -437,27 +500,31 @@ mod tests {
     }
 
     #[test]
-    fn a_longer_old_record_does_not_confuse_the_parser() {
+    fn records_replace_longer_old_content_and_keep_a_fixed_width() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("x.lock");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .unwrap();
-        std::fs::write(&path, "scatter-holder/1 pid=99999999 starttime=1 started=1.0 timeout=none run=1 padding padding\n").unwrap();
+        std::fs::write(&path, "x".repeat(600)).unwrap();
+        let Attempt::Acquired(locked) = try_acquire(&path).unwrap() else {
+            panic!("not acquired")
+        };
         let h = Holder {
             pid: 7,
-            starttime: 8,
+            starttime: StartTime::exact(8),
             started: UNIX_EPOCH + Duration::from_secs(9),
             timeout: None,
             grace: Duration::ZERO,
             run_pid: 1,
         };
-        h.write_to(&file).unwrap();
-        assert_eq!(Holder::read_from(&file), Some(h));
+        locked.record(&h).unwrap();
+        assert_eq!(Holder::read_from(&locked.file), Some(h.clone()));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), RECORD_WIDTH as u64);
+        let longer = Holder {
+            pid: 1_234_567,
+            ..h
+        };
+        locked.record(&longer).unwrap();
+        assert_eq!(Holder::read_from(&locked.file), Some(longer));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), RECORD_WIDTH as u64);
     }
 
     #[test]
@@ -465,7 +532,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("a.lock");
         let first = match try_acquire(&path).unwrap() {
-            Attempt::Acquired(f) => f,
+            Attempt::Acquired(locked) => locked,
             other => panic!("{other:?}"),
         };
         assert!(matches!(try_acquire(&path).unwrap(), Attempt::Busy(None)));

@@ -57,11 +57,8 @@ pub fn encode_id(id: &OsStr) -> String {
 }
 
 /// The id a stem was encoded from, or `None` for a shortened (digest) stem
-/// or anything that is not an encoding.
+/// or anything [`encode_id`] would not have produced.
 pub fn decode_stem(stem: &str) -> Option<Vec<u8>> {
-    if stem.contains('~') {
-        return None;
-    }
     let bytes = stem.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -75,7 +72,9 @@ pub fn decode_stem(stem: &str) -> Option<Vec<u8>> {
             i += 1;
         }
     }
-    Some(out)
+    // Only the canonical encoding decodes: "%2e", "a b" or a digest stem
+    // are not names scatter would have written for any id.
+    (!out.is_empty() && encode_id(OsStr::from_bytes(&out)) == stem).then_some(out)
 }
 
 #[cfg(test)]
@@ -131,6 +130,9 @@ mod tests {
             assert_eq!(decode_stem(&enc(id)).as_deref(), Some(id));
         }
         assert_eq!(decode_stem(&enc(&[b'x'; 300])), None);
+        for not_ours in ["a b", "%2e", ".x", "%4", "%zz", ""] {
+            assert_eq!(decode_stem(not_ours), None, "{not_ours:?}");
+        }
     }
 
     #[test]

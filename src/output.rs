@@ -38,6 +38,9 @@ const MAX_LINE: usize = 64 * 1024;
 pub struct Outputs {
     mode: OutputMode,
     spool: Option<tempfile::TempDir>,
+    /// `/dev/null`, opened once: every task's stdin (and output with
+    /// `null`) is a dup of it, cheaper than opening it per start.
+    null: File,
 }
 
 /// What scatter keeps for one running task's output.
@@ -86,23 +89,24 @@ impl Outputs {
             }
             _ => None,
         };
+        let null = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .context("cannot open /dev/null")?;
         Ok(Outputs {
             mode: mode.clone(),
             spool,
+            null,
         })
     }
 
     /// The stdio for one task, and what scatter keeps to handle it.
     pub fn for_task(&self, id: &std::ffi::OsStr, slot: usize) -> io::Result<(Output, Capture)> {
-        match &self.mode {
-            OutputMode::Inherit => Ok((Output::inherit(), Capture::None)),
-            OutputMode::Null => Ok((
-                Output {
-                    stdout: Stdio::null(),
-                    stderr: Stdio::null(),
-                },
-                Capture::None,
-            )),
+        let stdin = Stdio::from(self.null.try_clone()?);
+        let (out, capture) = match &self.mode {
+            OutputMode::Inherit => ((Stdio::inherit(), Stdio::inherit()), Capture::None),
+            OutputMode::Null => (both(self.null.try_clone()?)?, Capture::None),
             OutputMode::Dir(dir) => {
                 let path = dir.join(format!("{}.log", encode_id(id)));
                 let file = open_log(&path, true).map_err(|e| {
@@ -111,7 +115,7 @@ impl Outputs {
                         format!("cannot open log file {}: {e}", quoted(&path)),
                     )
                 })?;
-                Ok((both(file)?, Capture::None))
+                (both(file)?, Capture::None)
             }
             OutputMode::OnFailure => {
                 let dir = self
@@ -126,20 +130,23 @@ impl Outputs {
                         format!("cannot open spool file {}: {e}", quoted(&path)),
                     )
                 })?;
-                Ok((both(file)?, Capture::Spool(path)))
+                (both(file)?, Capture::Spool(path))
             }
             OutputMode::Tag => {
                 let (read, write) = platform::output_pipe()?;
-                let write = File::from(write);
-                Ok((
-                    both(write)?,
-                    Capture::Pipe(LinePipe {
-                        fd: read,
-                        partial: Vec::new(),
-                    }),
-                ))
+                let pipe = LinePipe {
+                    fd: read,
+                    partial: Vec::new(),
+                };
+                (both(File::from(write))?, Capture::Pipe(pipe))
             }
-        }
+        };
+        let output = Output {
+            stdin,
+            stdout: out.0,
+            stderr: out.1,
+        };
+        Ok((output, capture))
     }
 
     /// Reads what is available from a tag pipe and writes its whole lines.
@@ -186,12 +193,9 @@ impl Outputs {
 }
 
 /// One file (or pipe end) as both stdout and stderr, so their order is kept.
-fn both(file: File) -> io::Result<Output> {
+fn both(file: File) -> io::Result<(Stdio, Stdio)> {
     let err = file.try_clone()?;
-    Ok(Output {
-        stdout: Stdio::from(file),
-        stderr: Stdio::from(err),
-    })
+    Ok((Stdio::from(file), Stdio::from(err)))
 }
 
 fn open_log(path: &Path, truncate: bool) -> io::Result<File> {

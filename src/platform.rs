@@ -136,6 +136,19 @@ fn parse_locks(text: &str) -> std::collections::HashSet<(u64, u64)> {
         .collect()
 }
 
+/// Now, in the unit and clock of `/proc/<pid>/stat` field 22: clock ticks
+/// of CLOCK_BOOTTIME. A process created between two readings has a start
+/// time between them, so a spawner learns its child's start time without
+/// reading `/proc` (which also spares the kernel invalidating the child's
+/// `/proc` entries when it is reaped).
+pub fn boottime_ticks() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let ns = u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
+        + u128::try_from(ts.tv_nsec).unwrap_or(0);
+    let hz = u128::from(rustix::param::clock_ticks_per_second());
+    u64::try_from(ns * hz / 1_000_000_000).unwrap_or(u64::MAX)
+}
+
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -350,6 +363,23 @@ mod tests {
         file.try_lock().unwrap();
         let meta = file.metadata().unwrap();
         assert!(held_flocks().unwrap().contains(&(meta.dev(), meta.ino())));
+    }
+
+    #[test]
+    fn boottime_ticks_bracket_a_child_start_time() {
+        let before = boottime_ticks();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let after = boottime_ticks();
+        let stat = proc_stat(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        assert!(
+            (before..=after).contains(&stat.starttime),
+            "{before} <= {} <= {after}",
+            stat.starttime
+        );
     }
 
     #[test]

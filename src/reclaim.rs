@@ -17,7 +17,7 @@ use crate::platform;
 
 /// The process group to kill for an overdue holder, if one can be verified.
 pub fn verified_group(holder: &Holder, lock_path: &Path) -> Option<i32> {
-    if platform::proc_stat(holder.pid).is_some_and(|s| s.starttime == holder.starttime) {
+    if platform::proc_stat(holder.pid).is_some_and(|s| holder.starttime.contains(s.starttime)) {
         return Some(holder.pid);
     }
     let meta = std::fs::symlink_metadata(lock_path).ok()?;
@@ -30,12 +30,13 @@ pub fn verified_group(holder: &Holder, lock_path: &Path) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::StartTime;
     use std::time::{Duration, SystemTime};
 
     fn holder(pid: i32, starttime: u64) -> Holder {
         Holder {
             pid,
-            starttime,
+            starttime: StartTime::exact(starttime),
             started: SystemTime::now() - Duration::from_secs(100),
             timeout: Some(Duration::from_secs(1)),
             grace: Duration::from_secs(1),

@@ -203,7 +203,7 @@ impl Report {
             return Ok(());
         }
         for (entry, result) in plan.entries.iter().zip(&self.results) {
-            if let Some(line) = self.describe(result) {
+            if let Some(line) = describe(result, self.timeout) {
                 writeln!(out, "scatter: {}: {line}", quoted(&entry.id))?;
             }
         }
@@ -220,25 +220,6 @@ impl Report {
             None => format!("{total} instances"),
         };
         writeln!(out, "scatter: {head} ({})", parts.join(", "))
-    }
-
-    /// The failure line for one instance, without the id.
-    fn describe(&self, r: &TaskResult) -> Option<String> {
-        let after = r
-            .duration
-            .map(|d| format!(" after {}", display::duration(d)))
-            .unwrap_or_default();
-        Some(match &r.outcome {
-            Outcome::Failed(code) => format!("exited with status {code}{after}"),
-            Outcome::Killed(sig) => format!("killed by {}{after}", signal_name(*sig)),
-            Outcome::TimedOut => match self.timeout {
-                Some(t) => format!("timed out{after} (limit {})", humantime::format_duration(t)),
-                None => format!("timed out{after}"),
-            },
-            Outcome::FailedToStart { reason, .. } => format!("failed to start: {reason}"),
-            Outcome::Skipped(skip) => format!("skipped: {}", skip.reason()),
-            Outcome::Ok | Outcome::NotStarted | Outcome::Detached => return None,
-        })
     }
 
     /// The report as one JSON document (`--format json`).
@@ -317,6 +298,26 @@ impl Report {
         serde_json::to_writer(&mut *out, &doc)?;
         writeln!(out)
     }
+}
+
+/// The report line for one instance, without the id; `None` for outcomes
+/// that need no line (ok, not started, detached).
+pub fn describe(r: &TaskResult, timeout: Option<Duration>) -> Option<String> {
+    let after = r
+        .duration
+        .map(|d| format!(" after {}", display::duration(d)))
+        .unwrap_or_default();
+    Some(match &r.outcome {
+        Outcome::Failed(code) => format!("exited with status {code}{after}"),
+        Outcome::Killed(sig) => format!("killed by {}{after}", signal_name(*sig)),
+        Outcome::TimedOut => match timeout {
+            Some(t) => format!("timed out{after} (limit {})", humantime::format_duration(t)),
+            None => format!("timed out{after}"),
+        },
+        Outcome::FailedToStart { reason, .. } => format!("failed to start: {reason}"),
+        Outcome::Skipped(skip) => format!("skipped: {}", skip.reason()),
+        Outcome::Ok | Outcome::NotStarted | Outcome::Detached => return None,
+    })
 }
 
 /// Seconds since the epoch, with fraction.

@@ -32,19 +32,11 @@ pub struct TaskEnv<'a> {
     pub window_start: &'a str,
 }
 
-/// Where a task's stdout and stderr go.
+/// A task's standard descriptors.
 pub struct Output {
+    pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
-}
-
-impl Output {
-    pub fn inherit() -> Output {
-        Output {
-            stdout: Stdio::inherit(),
-            stderr: Stdio::inherit(),
-        }
-    }
 }
 
 /// Spawns the task with `lock` inherited; returns its pid (= its pgid).
@@ -68,7 +60,7 @@ pub fn spawn(
         .env("SCATTER_SLOT", env.slot.to_string())
         .env("SCATTER_WINDOW_START", env.window_start)
         .env("SCATTER_LOCK_FD", lock.as_raw_fd().to_string())
-        .stdin(Stdio::null())
+        .stdin(output.stdin)
         .stdout(output.stdout)
         .stderr(output.stderr)
         .process_group(0);

@@ -31,7 +31,7 @@ use crate::cli::OutputMode;
 use crate::config::Clock;
 use crate::display::{self, quoted};
 use crate::exit;
-use crate::lock::{self, Attempt, Holder};
+use crate::lock::{self, Attempt, Holder, StartTime};
 use crate::output::{Capture, Outputs};
 use crate::plan::{Entry, Plan};
 use crate::platform::{self, ExitStatus, PollFd, PollFlags, Signals};
@@ -293,7 +293,7 @@ impl Supervisor<'_> {
         }
         let lock_path = self.plan.lock_path(entry);
         let file = match lock::try_acquire(&lock_path) {
-            Ok(Attempt::Acquired(file)) => file,
+            Ok(Attempt::Acquired(locked)) => locked,
             Ok(Attempt::Busy(holder)) => {
                 let skip = self.busy(&tag, &entry.id, holder, &lock_path);
                 self.record(entry.slot, TaskResult::new(Outcome::Skipped(skip)));
@@ -318,7 +318,19 @@ impl Supervisor<'_> {
             slot: entry.slot,
             window_start: &self.window_start,
         };
-        let pid = match spawn::spawn(self.plan.program.as_deref(), &argv, &env, &file, output) {
+        let before = platform::boottime_ticks();
+        let spawned = spawn::spawn(
+            self.plan.program.as_deref(),
+            &argv,
+            &env,
+            &file.file,
+            output,
+        );
+        let starttime = StartTime {
+            lo: before,
+            hi: platform::boottime_ticks(),
+        };
+        let pid = match spawned {
             Ok(pid) => pid,
             Err(err) => {
                 if let Capture::Spool(spool) = &capture {
@@ -332,7 +344,7 @@ impl Supervisor<'_> {
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let lateness = started.saturating_duration_since(deadline);
-        self.record_holder(&file, pid, started_wall, &tag);
+        self.record_holder(&file, pid, starttime, started_wall, &tag);
         drop(file);
         debug!(
             instance = &*entry.id.to_string_lossy();
@@ -372,6 +384,13 @@ impl Supervisor<'_> {
 
     /// Sets an instance's final outcome for this run.
     fn record(&mut self, slot: usize, result: TaskResult) {
+        if result.outcome.is_failure()
+            && crate::logging::structured()
+            && let Some(line) = crate::report::describe(&result, self.opts.timeout)
+        {
+            let id = &self.plan.entries[slot].id;
+            warn!(instance = &*id.to_string_lossy(); "{}: {line}", quoted(id));
+        }
         self.observer.ended(slot, &result);
         self.results[slot] = Some(result);
     }
@@ -427,20 +446,23 @@ impl Supervisor<'_> {
         Skip::KilledHungHolder(who)
     }
 
-    fn record_holder(&self, file: &std::fs::File, pid: i32, started: SystemTime, tag: &str) {
-        let Some(stat) = platform::proc_stat(pid) else {
-            debug!("{tag}: /proc/{pid}/stat unreadable; no holder record written");
-            return;
-        };
+    fn record_holder(
+        &self,
+        file: &lock::Locked,
+        pid: i32,
+        starttime: StartTime,
+        started: SystemTime,
+        tag: &str,
+    ) {
         let holder = Holder {
             pid,
-            starttime: stat.starttime,
+            starttime,
             started,
             timeout: self.opts.timeout,
             grace: self.opts.kill_after,
             run_pid: platform::pid(),
         };
-        if let Err(err) = holder.write_to(file) {
+        if let Err(err) = file.record(&holder) {
             warn!("{tag}: cannot write the holder record into its lock file: {err}");
         }
     }

@@ -526,3 +526,35 @@ fn an_unreachable_log_sink_falls_back_to_stderr() {
         .expect_code(0)
         .expect_stderr("cannot reach syslog");
 }
+
+#[test]
+fn failures_are_journal_records_of_their_own_too() {
+    let fx = Fixture::with(&["good", "bad"]);
+    let path = fx.tmp.path().join("journal.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let mut cmd = fx.run(&["--log", "journald", "--window", "100ms", "--"]);
+    cmd.args(["sh", "-c", r#"[ "$1" != bad ] || exit 8"#, "sh", "{}"])
+        .env("SCATTER_JOURNAL_SOCKET", &path);
+    let ran = run(&mut cmd, fx.tmp.path());
+    // The report still goes to stderr, for cron's mail.
+    ran.expect_code(1)
+        .expect_stderr("scatter: bad: exited with status 8");
+    let records: Vec<_> = receive_all(&socket)
+        .iter()
+        .map(|d| journal_fields(d))
+        .collect();
+    let failure = records
+        .iter()
+        .find(|r| {
+            r.iter().any(|(k, v)| {
+                k == "MESSAGE" && String::from_utf8_lossy(v).contains("exited with status 8")
+            })
+        })
+        .unwrap_or_else(|| panic!("no journal record for the failure: {records:?}"));
+    assert!(
+        failure
+            .iter()
+            .any(|(k, v)| k == "SCATTER_INSTANCE" && v == b"bad")
+    );
+    assert!(failure.iter().any(|(k, v)| k == "PRIORITY" && v == b"4"));
+}

@@ -23,6 +23,7 @@ mod journald;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -92,6 +93,16 @@ impl Log for Logger {
     }
 }
 
+/// Whether diagnostics go to syslog or the journal rather than stderr.
+static STRUCTURED: AtomicBool = AtomicBool::new(false);
+
+/// True when the log sink is syslog or the journal. The end-of-run report
+/// always goes to stderr; with such a sink, each failure is also logged as
+/// a record of its own, so `journalctl SCATTER_INSTANCE=…` finds it.
+pub fn structured() -> bool {
+    STRUCTURED.load(Ordering::Relaxed)
+}
+
 /// Installs the logger. A sink that cannot be reached falls back to stderr
 /// with a warning there, so nothing is lost silently.
 pub fn init(v: Verbosity, sink: Sink) {
@@ -156,6 +167,7 @@ pub fn init(v: Verbosity, sink: Sink) {
         },
         Sink::Stderr | Sink::Auto => (Backend::Stderr, None),
     };
+    STRUCTURED.store(!matches!(backend, Backend::Stderr), Ordering::Relaxed);
     log::set_max_level(env.filter());
     if log::set_boxed_logger(Box::new(Logger { env, backend })).is_err() {
         return;
