@@ -26,9 +26,9 @@ pub struct History<'a> {
     writer: Option<Writer>,
     /// The run record, shared with the writer thread.
     run: Arc<Progress>,
-    /// This run's records, kept in memory for the metrics file in case the
-    /// state directory cannot be written.
-    local: BTreeMap<String, InstanceRecord>,
+    /// This run's records, kept in memory for the metrics file only when
+    /// there is no state directory to merge them into.
+    local: Option<BTreeMap<String, InstanceRecord>>,
     metrics_file: Option<std::path::PathBuf>,
     clock: Clock,
 }
@@ -69,12 +69,13 @@ impl<'a> History<'a> {
                 None
             }
         });
+        let local = (writer.is_none() && cfg.metrics_file.is_some()).then(BTreeMap::new);
         History {
             plan,
             trigger,
             writer,
             run,
-            local: BTreeMap::new(),
+            local,
             metrics_file: cfg.metrics_file.clone(),
             clock: *clock,
         }
@@ -115,6 +116,7 @@ impl<'a> History<'a> {
             }
             None => None,
         };
+        let empty = BTreeMap::new();
         if let Some(path) = &self.metrics_file {
             let name = self.plan.name.to_string_lossy();
             let snapshot = metrics::Snapshot {
@@ -122,7 +124,7 @@ impl<'a> History<'a> {
                 report,
                 duration: self.clock.start.elapsed(),
                 ended: unix_secs(ended),
-                instances: merged.as_ref().unwrap_or(&self.local),
+                instances: merged.as_ref().or(self.local.as_ref()).unwrap_or(&empty),
             };
             if let Err(err) = metrics::write(path, &snapshot) {
                 let line = format!("cannot write the metrics file: {err:#}");
@@ -161,7 +163,9 @@ impl Observer for History<'_> {
             at: SystemTime::now(),
             result: result.clone(),
         };
-        state::apply(self.local.entry(encode_id(&entry.id)).or_default(), &event);
+        if let Some(local) = &mut self.local {
+            state::apply(local.entry(encode_id(&entry.id)).or_default(), &event);
+        }
         if let Some(writer) = &self.writer {
             writer.event(event);
         }

@@ -96,6 +96,14 @@ pub fn has_open(pid: i32, dev: u64, ino: u64) -> bool {
         .any(|m| m.dev() == dev && m.ino() == ino)
 }
 
+/// Lowers the calling thread's scheduling priority to the lowest (nice 19),
+/// so that bookkeeping on a second thread yields the CPU to the supervisor
+/// and the tasks on a busy machine. Best effort.
+pub fn lower_thread_priority() {
+    let tid = rustix::thread::gettid();
+    let _ = rustix::process::setpriority_process(Some(tid), 19);
+}
+
 /// Sends `sig` to one process.
 pub fn kill_process(pid: i32, sig: i32) -> io::Result<()> {
     let (Some(pid), Some(sig)) = (Pid::from_raw(pid), Signal::from_named_raw(sig)) else {

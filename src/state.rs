@@ -212,9 +212,10 @@ impl StateDir {
     /// Every instance record, keyed by encoded id.
     pub fn instances(&self) -> Result<BTreeMap<String, InstanceRecord>> {
         let path = self.path.join(INSTANCES_FILE);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let file: InstancesFile = serde_json::from_slice(&bytes)
+        match File::open(&path) {
+            Ok(file) => {
+                let reader = io::BufReader::with_capacity(64 * 1024, file);
+                let file: InstancesFile = serde_json::from_reader(reader)
                     .with_context(|| format!("{} is not a scatter state file", quoted(&path)))?;
                 Ok(file.instances)
             }
@@ -278,11 +279,13 @@ impl StateDir {
             format: "scatter-instances/1".into(),
             instances: records,
         };
-        write_atomic(
-            &self.path.join(INSTANCES_FILE),
-            &serde_json::to_vec(&file)?,
-            0o644,
-        )?;
+        // Streamed: 10,000 records make a file of a few megabytes, not worth
+        // holding twice in memory.
+        write_atomic_with(&self.path.join(INSTANCES_FILE), 0o644, |out| {
+            let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+            serde_json::to_writer(&mut out, &file)?;
+            out.flush()
+        })?;
         Ok(file.instances)
     }
 
@@ -382,6 +385,15 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
 /// Replaces `path` atomically: a temporary file in the same directory,
 /// fsync, rename over `path`, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_atomic_with(path, mode, |out| out.write_all(bytes))
+}
+
+/// [`write_atomic`], with the contents written by `fill`.
+pub fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".scatter-")
@@ -390,7 +402,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("cannot create a temporary file in {}", quoted(dir)))?;
     let file = tmp.as_file_mut();
     file.set_permissions(fs::Permissions::from_mode(mode))
-        .and_then(|()| file.write_all(bytes))
+        .and_then(|()| fill(file))
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", quoted(tmp.path())))?;
     tmp.persist(path)
@@ -467,7 +479,12 @@ impl Writer {
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("scatter-state".into())
-            .spawn(move || writer_loop(&dir, &rx, &progress, keep_runs))
+            .spawn(move || {
+                // Starts matter more than records: on a busy machine the
+                // writer waits, the supervisor does not.
+                crate::platform::lower_thread_priority();
+                writer_loop(&dir, &rx, &progress, keep_runs)
+            })
             .expect("cannot start the state writer thread");
         Writer { tx, handle }
     }
@@ -546,7 +563,10 @@ fn writer_loop(
         if due_merge || finish.is_some() {
             let keep = finish.as_ref().and_then(|k| k.as_deref());
             match dir.merge(&events, keep) {
-                Ok(records) => written.instances = Some(records),
+                // Kept only from the last merge (for the metrics file):
+                // 10,000 records are megabytes the run need not carry.
+                Ok(records) if finish.is_some() => written.instances = Some(records),
+                Ok(_) => {}
                 Err(err) => report("cannot update instance records", err, &mut written.errors),
             }
             events.clear();

@@ -178,9 +178,16 @@ struct Supervisor<'a> {
 
 impl Supervisor<'_> {
     fn run_loop(&mut self) -> Result<()> {
-        let mut ready = Vec::new();
+        let relay = matches!(self.opts.output, OutputMode::Tag);
+        let (mut pids, mut ready) = (Vec::new(), Vec::new());
+        // Whether the self-pipe woke us: only then can a child have exited.
+        // waitpid(-1) walks every live child in the kernel, so calling it on
+        // every pass would cost O(tasks) per start with 10,000 tasks alive.
+        let mut signalled = false;
         loop {
-            self.reap()?;
+            if signalled {
+                self.reap()?;
+            }
             self.check_signals();
             self.fire_timers();
             self.start_due();
@@ -190,28 +197,30 @@ impl Supervisor<'_> {
             let timeout = self
                 .next_wake()
                 .map(|t| t.saturating_duration_since(Instant::now()));
-            let mut pids = Vec::new();
-            {
-                let mut fds = vec![PollFd::from_borrowed_fd(self.signals.fd(), PollFlags::IN)];
+            let mut fds = vec![PollFd::from_borrowed_fd(self.signals.fd(), PollFlags::IN)];
+            pids.clear();
+            if relay {
                 for (pid, task) in &self.tasks {
                     if let Capture::Pipe(pipe) = &task.capture {
                         fds.push(PollFd::new(pipe.fd(), PollFlags::IN));
                         pids.push(*pid);
                     }
                 }
-                platform::poll(&mut fds, timeout).context("poll failed")?;
-                if !fds[0].revents().is_empty() {
-                    self.signals.drain();
-                }
-                ready.clear();
-                ready.extend(
-                    fds[1..]
-                        .iter()
-                        .zip(&pids)
-                        .filter(|(fd, _)| !fd.revents().is_empty())
-                        .map(|(_, pid)| *pid),
-                );
             }
+            platform::poll(&mut fds, timeout).context("poll failed")?;
+            signalled = !fds[0].revents().is_empty();
+            if signalled {
+                self.signals.drain();
+            }
+            ready.clear();
+            ready.extend(
+                fds[1..]
+                    .iter()
+                    .zip(&pids)
+                    .filter(|(fd, _)| !fd.revents().is_empty())
+                    .map(|(_, pid)| *pid),
+            );
+            drop(fds);
             for pid in ready.drain(..) {
                 self.read_output(pid);
             }
