@@ -70,7 +70,8 @@ pub struct Cli {
 #[derive(Args, Debug, Clone, Copy, Default)]
 pub struct Verbosity {
     /// More detail on stderr: -v for debug, -vv for trace. RUST_LOG overrides.
-    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "quiet")]
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "quiet",
+          env = "SCATTER_VERBOSE")]
     pub verbose: u8,
 
     /// Only errors on stderr.
