@@ -104,17 +104,6 @@ pub fn lower_thread_priority() {
     let _ = rustix::process::setpriority_process(Some(tid), 19);
 }
 
-/// Sends `sig` to one process.
-pub fn kill_process(pid: i32, sig: i32) -> io::Result<()> {
-    let (Some(pid), Some(sig)) = (Pid::from_raw(pid), Signal::from_named_raw(sig)) else {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    };
-    match rustix::process::kill_process(pid, sig) {
-        Ok(()) | Err(Errno::SRCH) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
-}
-
 /// The files on which some process holds a `flock(2)` lock right now, as
 /// (device, inode) pairs, read from `/proc/locks`. Reading it takes no lock,
 /// so looking never makes a concurrent run skip an instance.
