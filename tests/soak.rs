@@ -22,18 +22,22 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A task that logs its start and end with its pid, sleeps 0-3 s, and on
-/// SIGTERM logs its end before leaving. Each line is one small O_APPEND write.
-const TASK: &str = r#"#!/bin/sh
+/// SIGTERM logs its end before leaving. Each line is one small O_APPEND
+/// write; times are bash's EPOCHREALTIME in nanoseconds.
+const TASK: &str = r#"#!/bin/bash
+# No subprocess but the sleep: a forwarded SIGTERM reaches the whole process
+# group, and would kill a `date` mid-line.
 log=$SOAK_LOG
-trap 'echo "end $1 $$ $(date +%s%N) term" >> "$log"; exit 143' TERM
-echo "start $1 $$ $(date +%s%N)" >> "$log"
-n=$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
-sleep "$((n % 3)).$((n % 1000))" &
+trap 't=${EPOCHREALTIME/./}; echo "end $1 $$ ${t}000 term" >> "$log"; exit 143' TERM
+t=${EPOCHREALTIME/./}
+echo "start $1 $$ ${t}000" >> "$log"
+sleep "$((RANDOM % 3)).$((RANDOM % 1000))" &
 wait $!
 # From here a SIGTERM is ignored: the shell is about to end anyway, and
 # this way every task writes exactly one end line.
 trap '' TERM
-echo "end $1 $$ $(date +%s%N)" >> "$log"
+t=${EPOCHREALTIME/./}
+echo "end $1 $$ ${t}000" >> "$log"
 "#;
 
 const INSTANCES: usize = 50;
