@@ -177,7 +177,7 @@ fn resolve_program(name: &OsStr, dry_run: bool) -> Result<Option<PathBuf>> {
 
 /// The basename of the instances directory, as given (a symlinked
 /// `/srv/instances` is still named `instances`).
-fn default_name(instances: &std::path::Path) -> Result<OsString> {
+pub fn default_name(instances: &std::path::Path) -> Result<OsString> {
     let named = instances.file_name().map(OsString::from).or_else(|| {
         std::fs::canonicalize(instances)
             .ok()

@@ -109,12 +109,7 @@ impl Outputs {
             OutputMode::Null => (both(self.null.try_clone()?)?, Capture::None),
             OutputMode::Dir(dir) => {
                 let path = dir.join(format!("{}.log", encode_id(id)));
-                let file = open_log(&path, true).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot open log file {}: {e}", quoted(&path)),
-                    )
-                })?;
+                let file = open_log(&path, true, "log file")?;
                 (both(file)?, Capture::None)
             }
             OutputMode::OnFailure => {
@@ -124,12 +119,7 @@ impl Outputs {
                     .map(tempfile::TempDir::path)
                     .unwrap_or(Path::new("/tmp"));
                 let path = dir.join(format!("{slot}.out"));
-                let file = open_log(&path, false).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot open spool file {}: {e}", quoted(&path)),
-                    )
-                })?;
+                let file = open_log(&path, false, "spool file")?;
                 (both(file)?, Capture::Spool(path))
             }
             OutputMode::Tag => {
@@ -198,7 +188,8 @@ fn both(file: File) -> io::Result<(Stdio, Stdio)> {
     Ok((Stdio::from(file), Stdio::from(err)))
 }
 
-fn open_log(path: &Path, truncate: bool) -> io::Result<File> {
+/// Opens a task's log or spool file; an error names it as `what`.
+fn open_log(path: &Path, truncate: bool, what: &str) -> io::Result<File> {
     use rustix::fs::OFlags;
     let mut flags = OFlags::NOFOLLOW;
     let mut opts = OpenOptions::new();
@@ -211,7 +202,14 @@ fn open_log(path: &Path, truncate: bool) -> io::Result<File> {
     } else {
         opts.create_new(true);
     }
-    opts.custom_flags(flags.bits() as i32).open(path)
+    opts.custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {what} {}: {e}", quoted(path)),
+            )
+        })
 }
 
 /// Writes every complete line of `buf` (all of it if `flush`) to stdout as

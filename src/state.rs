@@ -166,7 +166,7 @@ impl StateDir {
                 .with_context(|| format!("--state-dir {}", quoted(dir)));
         }
         let system = Path::new(SYSTEM_BASE).join(name);
-        if usable_or_creatable(&system) {
+        if writable_or_creatable(&system) {
             return Ok(system);
         }
         let xdg = std::env::var_os("XDG_STATE_HOME")
@@ -309,7 +309,7 @@ impl StateDir {
     }
 }
 
-fn usable_or_creatable(dir: &Path) -> bool {
+fn writable_or_creatable(dir: &Path) -> bool {
     use rustix::fs::{Access, access};
     let mut probe = dir;
     // The nearest existing ancestor must let us write (and so create).

@@ -14,7 +14,7 @@
 //! command works as a Nagios-style check.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -25,6 +25,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cli::{Format, StatusArgs};
+use crate::config::default_name;
 use crate::display::{self, quoted};
 use crate::exit::{self, Fatal};
 use crate::lock::{self, Holder};
@@ -37,17 +38,9 @@ use crate::state::{InstanceRecord, RunRecord, StateDir};
 pub fn run(args: StatusArgs) -> Result<u8> {
     let name = match (&args.name, &args.instances) {
         (Some(name), _) => name.clone(),
-        (None, Some(dir)) => {
-            let dir =
-                std::path::absolute(dir).with_context(|| format!("--instances {}", quoted(dir)))?;
-            dir.file_name().map(OsString::from).ok_or_else(|| {
-                Fatal::usage(format!(
-                    "cannot derive a job name from --instances {}",
-                    quoted(&dir)
-                ))
-                .hint("pass --name NAME")
-            })?
-        }
+        (None, Some(dir)) => default_name(
+            &std::path::absolute(dir).with_context(|| format!("--instances {}", quoted(dir)))?,
+        )?,
         (None, None) => {
             return Err(Fatal::usage(
                 "scatter status needs the job: --name NAME or --instances DIR",

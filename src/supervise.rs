@@ -427,16 +427,13 @@ impl Supervisor<'_> {
         }
         let Some(pgid) = reclaim::verified_group(&holder, lock_path) else {
             info!(
+                instance = &*raw;
                 "{tag}: skipped: lock is held by {who}, past its timeout, but no process of its group holds it"
             );
             return Skip::Locked(who);
         };
         let limit = holder.timeout.unwrap_or_default();
-        let first = if self.opts.kill_after.is_zero() {
-            SIGKILL
-        } else {
-            SIGTERM
-        };
+        let first = first_signal(self.opts.kill_after);
         warn!(
             instance = &*raw;
             "{tag}: lock holder {who} is past its {} timeout and its run is gone; sending {} to its process group {pgid}",
@@ -580,11 +577,7 @@ impl Supervisor<'_> {
                 TimerKind::Timeout if task.leader_alive && !task.timed_out => {
                     task.timed_out = true;
                     task.escalating = true;
-                    let first = if kill_after.is_zero() {
-                        SIGKILL
-                    } else {
-                        SIGTERM
-                    };
+                    let first = first_signal(kill_after);
                     info!(
                         instance = &*self.plan.entries[task.slot].id.to_string_lossy();
                         "{}: timed out; sending {} to its process group",
@@ -734,6 +727,16 @@ impl Supervisor<'_> {
             debug!("{} starts waited for --max-concurrent", self.cap_delayed);
         }
         report
+    }
+}
+
+/// The signal that starts stopping a group: SIGTERM, or SIGKILL at once when
+/// there is no grace period (`--kill-after 0s`).
+fn first_signal(kill_after: Duration) -> i32 {
+    if kill_after.is_zero() {
+        SIGKILL
+    } else {
+        SIGTERM
     }
 }
 
