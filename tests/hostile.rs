@@ -75,10 +75,7 @@ fn too_few_descriptors_fail_only_the_tasks_that_need_one() {
 
 #[test]
 fn too_few_processes_fail_only_the_starts_that_hit_eagain() {
-    if !util::is_root() {
-        eprintln!(
-            "skipped: needs root to run scatter under a dedicated uid with its own process limit"
-        );
+    if !util::privileged("run scatter under a dedicated uid with its own process limit") {
         return;
     }
     let names: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
@@ -115,8 +112,7 @@ fn too_few_processes_fail_only_the_starts_that_hit_eagain() {
 
 #[test]
 fn a_lock_file_of_another_user_fails_that_instance_under_a_dropped_uid() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to plant a file of another user and drop to uid nobody");
+    if !util::privileged("plant a file of another user and drop to uid nobody") {
         return;
     }
     let fx = Fixture::with(&["a", "b"]);
@@ -142,8 +138,7 @@ fn a_lock_file_of_another_user_fails_that_instance_under_a_dropped_uid() {
 
 #[test]
 fn an_unreadable_instances_dir_exits_66_under_a_dropped_uid() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to drop to uid nobody");
+    if !util::privileged("drop to uid nobody") {
         return;
     }
     let fx = Fixture::with(&["a"]);

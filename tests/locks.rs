@@ -120,8 +120,7 @@ fn a_planted_fifo_does_not_hang_the_run() {
 
 #[test]
 fn a_lock_file_owned_by_another_user_fails_that_instance() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to create a file owned by another user");
+    if !util::privileged("create a file owned by another user") {
         return;
     }
     let fx = Fixture::with(&["a", "b"]);
@@ -148,8 +147,7 @@ fn a_world_writable_lock_dir_is_refused_before_anything_runs() {
 
 #[test]
 fn a_lock_dir_owned_by_another_user_is_refused() {
-    if !util::is_root() {
-        eprintln!("skipped: needs root to create a directory owned by another user");
+    if !util::privileged("create a directory owned by another user") {
         return;
     }
     let fx = Fixture::with(&["a"]);

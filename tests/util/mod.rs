@@ -375,6 +375,21 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Whether a test that needs root may go on. Outside CI a test without root
+/// is skipped with a note; under CI (`CI` set, as `.ci/run` does) a skipped
+/// privileged test would hide a regression, so it fails instead.
+#[track_caller]
+pub fn privileged(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("this test needs root ({why}), and CI is set: run the suite as root");
+    }
+    eprintln!("skipped: needs root ({why})");
+    false
+}
+
 /// Whether the lock file is currently locked by anyone (tries and releases).
 pub fn is_locked(path: &Path) -> bool {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
