@@ -7,15 +7,15 @@ use anyhow::{Context, Result};
 use log::debug;
 
 use crate::cli::{Format, RunArgs};
-use crate::config::{Clock, RunConfig};
+use crate::config::RunConfig;
 use crate::display::quoted;
 use crate::history::History;
 use crate::plan::Plan;
-use crate::supervise;
+use crate::supervise::{self, RunStart};
 use crate::{discovery, dryrun, exit, lock};
 
 /// Runs `scatter run` and returns the process exit code.
-pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
+pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
     let cfg = RunConfig::from_args(args)?;
     let ids = discovery::discover(&cfg.instances)?;
     let plan = Plan::build(&cfg, ids)?;
@@ -31,8 +31,8 @@ pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
     if plan.entries.is_empty() {
         debug!("no instances in {}; nothing to do", quoted(&cfg.instances));
     }
-    let mut history = History::start(&cfg, &plan, &clock);
-    let report = supervise::run(&plan, &clock, &cfg.supervision, &mut history)?;
+    let mut history = History::start(&cfg, &plan, &begun);
+    let report = supervise::run(&plan, &begun, &cfg.supervision, &mut history)?;
     let code = report.exit_code(&plan);
     // Problems with the history files were logged as warnings when they
     // happened; they do not change the outcome of the tasks.

@@ -258,7 +258,13 @@ pub fn parse_window(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Parses a humantime duration (`1.5s`, `500ms`, `1m 30s`); zero allowed.
+/// The longest duration any flag accepts: one year (365.25 days, humantime's
+/// `1y`). Longer makes no sense for a window, a timeout or a grace period,
+/// and a bound keeps every deadline computed from one far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// Parses a humantime duration (`1.5s`, `500ms`, `1m 30s`) of at most
+/// [`MAX_DURATION`]; zero allowed.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.starts_with('-') {
@@ -266,9 +272,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "{s:?} is negative; durations must be positive, such as 60s"
         ));
     }
-    humantime::parse_duration(t).map_err(|e| {
+    let d = humantime::parse_duration(t).map_err(|e| {
         format!("{s:?} is not a duration ({e}); use a number with a unit, such as 60s, 1.5s, 500ms or \"1m 30s\"")
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the longest accepted duration, 1 year"
+        ));
+    }
+    Ok(d)
 }
 
 /// Where the tasks' stdout and stderr go.
@@ -356,6 +368,11 @@ mod tests {
         );
         assert!(parse_window("60").is_err());
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("1y").unwrap(), MAX_DURATION);
+        for huge in ["1y 1s", "300000000000y", "18446744073709551615s"] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains(huge), "{err}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use log::warn;
@@ -20,23 +20,6 @@ use crate::shard::Shard;
 use crate::state::StateDir;
 use crate::supervise::Options;
 use crate::template::Template;
-
-/// The instant the run began: deadlines are counted from here, so scatter's
-/// own start-up counts against the window.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    pub start: Instant,
-    pub start_wall: SystemTime,
-}
-
-impl Clock {
-    pub fn now() -> Clock {
-        Clock {
-            start: Instant::now(),
-            start_wall: SystemTime::now(),
-        }
-    }
-}
 
 /// A validated `scatter run`.
 #[derive(Debug)]
@@ -104,6 +87,7 @@ impl RunConfig {
             kill_after: args.kill_after,
             detach: args.detach,
             output,
+            log_failures: crate::logging::structured(),
         };
         let shard = Shard::select(args.shard, args.shards)?;
         let lock_base = lock::resolve_base(args.lock_dir.as_deref())?;

@@ -11,14 +11,14 @@ use std::time::{Duration, SystemTime};
 
 use log::warn;
 
-use crate::config::{Clock, RunConfig};
+use crate::config::RunConfig;
 use crate::lockname::encode_id;
 use crate::metrics;
 use crate::plan::Plan;
 use crate::platform;
 use crate::report::{Outcome, Report, TaskResult, unix_secs};
 use crate::state::{self, Event, InstanceRecord, Progress, RunRecord, StateDir, Trigger, Writer};
-use crate::supervise::Observer;
+use crate::supervise::{Observer, RunStart};
 
 pub struct History<'a> {
     plan: &'a Plan,
@@ -30,14 +30,14 @@ pub struct History<'a> {
     /// there is no state directory to merge them into.
     local: Option<BTreeMap<String, InstanceRecord>>,
     metrics_file: Option<std::path::PathBuf>,
-    clock: Clock,
+    clock: RunStart,
 }
 
 impl<'a> History<'a> {
     /// Starts recording: creates the state directory and writes the run
     /// record. Without a usable state directory, the run goes ahead and
     /// only the metrics file (if asked for) is written.
-    pub fn start(cfg: &RunConfig, plan: &'a Plan, clock: &Clock) -> History<'a> {
+    pub fn start(cfg: &RunConfig, plan: &'a Plan, clock: &RunStart) -> History<'a> {
         let trigger = if plan.manual {
             Trigger::Manual
         } else {
@@ -62,11 +62,15 @@ impl<'a> History<'a> {
             state: "running".into(),
             ..RunRecord::default()
         });
-        let writer = cfg.state_dir.as_deref().and_then(|path| match StateDir::create(path) {
-            Ok(dir) => Some(Writer::start(dir, Arc::clone(&run), cfg.keep_runs)),
-            Err(err) => {
-                warn!("{err:#}; this run records no history, and scatter status will be out of date");
-                None
+        let writer = cfg.state_dir.as_deref().and_then(|path| {
+            match StateDir::create(path)
+                .and_then(|dir| Writer::start(dir, Arc::clone(&run), cfg.keep_runs))
+            {
+                Ok(writer) => Some(writer),
+                Err(err) => {
+                    warn!("{err:#}; this run records no history, and scatter status will be out of date");
+                    None
+                }
             }
         });
         let local = (writer.is_none() && cfg.metrics_file.is_some()).then(BTreeMap::new);

@@ -329,9 +329,16 @@ pub struct Holder {
     pub grace: Duration,
     /// The pid of the scatter run that started it.
     pub run_pid: i32,
+    /// That run's own start time (`/proc/<pid>/stat` field 22), so a later
+    /// run can tell whether it still lives. `None` in version 1 records.
+    pub run_start: Option<u64>,
 }
 
-const RECORD_TAG: &str = "scatter-holder/1";
+/// Records are written in version 2 (with `run_start=`); version 1 records,
+/// written by older releases into lock files that outlive an upgrade, are
+/// still read.
+const RECORD_TAG: &str = "scatter-holder/2";
+const RECORD_TAG_V1: &str = "scatter-holder/1";
 
 /// A start time known to lie in `lo..=hi` (usually `lo == hi`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,8 +380,9 @@ impl Holder {
     pub fn to_line(&self) -> String {
         let started = decimal_secs(self.started.duration_since(UNIX_EPOCH).unwrap_or_default());
         let timeout = self.timeout.map_or("none".to_string(), decimal_secs);
+        let run_start = self.run_start.map_or("none".to_string(), |t| t.to_string());
         format!(
-            "{RECORD_TAG} pid={} starttime={} started={started} timeout={timeout} grace={} run={}\n",
+            "{RECORD_TAG} pid={} starttime={} started={started} timeout={timeout} grace={} run={} run_start={run_start}\n",
             self.pid,
             self.starttime,
             decimal_secs(self.grace),
@@ -383,34 +391,40 @@ impl Holder {
     }
 
     /// Parses the first line of a lock file; `None` if it is not a record.
+    /// Anyone who can write the lock file can write this line, so every
+    /// number is checked: a pid must name a possible task (above 1), and
+    /// times must be representable.
     pub fn parse(text: &str) -> Option<Holder> {
         let line = text.lines().next()?;
         let mut words = line.split_ascii_whitespace();
-        if words.next()? != RECORD_TAG {
+        let tag = words.next()?;
+        if tag != RECORD_TAG && tag != RECORD_TAG_V1 {
             return None;
         }
         let (mut pid, mut starttime, mut started, mut timeout, mut run_pid) =
             (None, None, None, None, 0);
-        let mut grace = Duration::ZERO;
+        let (mut grace, mut run_start) = (Duration::ZERO, None);
         for word in words {
             let (key, value) = word.split_once('=')?;
             match key {
-                "pid" => pid = value.parse().ok(),
+                "pid" => pid = value.parse::<i32>().ok().filter(|p| *p > 1),
                 "starttime" => starttime = StartTime::parse(value),
                 "started" => started = parse_decimal_secs(value),
                 "timeout" if value != "none" => timeout = Some(parse_decimal_secs(value)?),
                 "grace" => grace = parse_decimal_secs(value)?,
-                "run" => run_pid = value.parse().unwrap_or(0),
+                "run" => run_pid = value.parse::<i32>().ok().filter(|p| *p > 0).unwrap_or(0),
+                "run_start" if value != "none" => run_start = Some(value.parse().ok()?),
                 _ => {}
             }
         }
         Some(Holder {
             pid: pid?,
             starttime: starttime?,
-            started: UNIX_EPOCH + started?,
+            started: UNIX_EPOCH.checked_add(started?)?,
             timeout,
             grace,
             run_pid,
+            run_start,
         })
     }
 
@@ -424,18 +438,38 @@ impl Holder {
 
     /// Whether the task is past its timeout plus the grace period its own
     /// run would have allowed: by then that run, if alive, would have killed
-    /// it, so it is hung and orphaned.
-    pub fn is_overdue(&self, now: SystemTime) -> bool {
+    /// it. `now` is [`platform::boottime_ticks`]: the age is counted on the
+    /// boot clock from the task's start time, so a step of the wall clock
+    /// (NTP, a wrong RTC, a manual `date`) can never make a task look old.
+    pub fn is_overdue(&self, now: u64) -> bool {
         let Some(timeout) = self.timeout else {
             return false;
         };
-        now.duration_since(self.started)
-            .is_ok_and(|age| age > timeout + self.grace)
+        let limit = timeout.saturating_add(self.grace);
+        let hz = u128::from(rustix::param::clock_ticks_per_second());
+        let limit_ticks = u64::try_from(limit.as_nanos() * hz / 1_000_000_000).unwrap_or(u64::MAX);
+        // The later bound of the start: never older than it really is.
+        now.saturating_sub(self.starttime.hi) > limit_ticks
     }
 
     /// Whether the recorded process is still the one that took the lock.
     pub fn is_alive(&self) -> bool {
         platform::proc_stat(self.pid).is_some_and(|s| self.starttime.contains(s.starttime))
+    }
+
+    /// Whether the scatter run that started the task may still be alive, and
+    /// so still supervising it. A version 2 record names the run by pid and
+    /// start time; for a version 1 record any process with the run's pid
+    /// counts as alive, since a reused pid cannot be told apart.
+    pub fn run_may_be_alive(&self) -> bool {
+        if self.run_pid <= 0 {
+            return false;
+        }
+        match (platform::proc_stat(self.run_pid), self.run_start) {
+            (None, _) => false,
+            (Some(stat), Some(start)) => stat.starttime == start,
+            (Some(_), None) => true,
+        }
     }
 
     /// "pid 1234 since 2026-11-23T15:12:01Z (3m 2s)", for skip messages.
@@ -464,7 +498,7 @@ fn decimal_secs(d: Duration) -> String {
 
 fn parse_decimal_secs(s: &str) -> Option<Duration> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) || secs.starts_with('+') {
         return None;
     }
     let nanos = if frac.is_empty() {
@@ -491,12 +525,84 @@ mod tests {
             timeout: Some(Duration::from_millis(30_500)),
             grace: Duration::from_secs(10),
             run_pid: 42,
+            run_start: Some(777),
         };
         assert_eq!(Holder::parse(&h.to_line()), Some(h.clone()));
         let none = Holder { timeout: None, ..h };
         assert_eq!(Holder::parse(&none.to_line()), Some(none));
         assert_eq!(Holder::parse("garbage"), None);
         assert_eq!(Holder::parse(""), None);
+    }
+
+    #[test]
+    fn version_1_records_are_still_read() {
+        let line = "scatter-holder/1 pid=1234 starttime=98765 started=1763900000.5 timeout=30.000000 grace=10.000000 run=42\n";
+        let h = Holder::parse(line).unwrap();
+        assert_eq!(h.pid, 1234);
+        assert_eq!(h.run_pid, 42);
+        assert_eq!(h.run_start, None);
+        assert_eq!(h.timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn records_naming_impossible_pids_or_times_are_refused() {
+        let base = "scatter-holder/2 starttime=5 started=1 timeout=1.0 grace=1.0 run=9";
+        for pid in ["1", "0", "-1", "-4242", "2147483648", "x"] {
+            assert_eq!(
+                Holder::parse(&format!("{base} pid={pid}")),
+                None,
+                "pid={pid}"
+            );
+        }
+        let ok = format!("{base} pid=2");
+        assert!(Holder::parse(&ok).is_some());
+        for bad in [
+            "started=18446744073709551615.9",
+            "timeout=+5",
+            "grace=1e300",
+            "starttime=-1",
+        ] {
+            let (key, _) = bad.split_once('=').unwrap();
+            let line: String = ok
+                .split(' ')
+                .map(|w| {
+                    if w.starts_with(&format!("{key}=")) {
+                        bad
+                    } else {
+                        w
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert_eq!(Holder::parse(&line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn overdue_is_counted_on_the_boot_clock() {
+        let hz = rustix::param::clock_ticks_per_second();
+        let h = Holder {
+            pid: 1234,
+            starttime: StartTime::exact(1000 * hz),
+            // A wall clock an hour off changes nothing.
+            started: SystemTime::now() + Duration::from_secs(3600),
+            timeout: Some(Duration::from_secs(30)),
+            grace: Duration::from_secs(10),
+            run_pid: 42,
+            run_start: None,
+        };
+        assert!(!h.is_overdue(1039 * hz));
+        assert!(h.is_overdue(1041 * hz));
+        // A start time after "now" (another boot) is never overdue.
+        assert!(!h.is_overdue(10 * hz));
+        let none = Holder { timeout: None, ..h };
+        assert!(!none.is_overdue(u64::MAX));
+        let huge = Holder {
+            timeout: Some(Duration::MAX),
+            grace: Duration::MAX,
+            ..none
+        };
+        assert!(!huge.is_overdue(u64::MAX));
     }
 
     #[test]
@@ -514,6 +620,7 @@ mod tests {
             timeout: None,
             grace: Duration::ZERO,
             run_pid: 1,
+            run_start: None,
         };
         locked.record(&h).unwrap();
         assert_eq!(Holder::read_from(&locked.file), Some(h.clone()));

@@ -5,16 +5,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use scatter::cli::{Cli, Command};
-use scatter::config::Clock;
+use scatter::supervise::RunStart;
 use scatter::{app, docs, exit, logging, status};
 
 fn main() -> ExitCode {
     // Taken first, so that scatter's own start-up counts against the window.
-    let clock = Clock::now();
+    let begun = RunStart::now();
     let cli = Cli::parse();
     logging::init(cli.verbosity, cli.log);
     let result = match cli.command {
-        Command::Run(args) => app::run(args, clock),
+        Command::Run(args) => app::run(args, begun),
         Command::Status(args) => status::run(args),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout().lock());

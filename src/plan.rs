@@ -93,6 +93,33 @@ impl Plan {
         })
     }
 
+    /// A spread plan over `ids`, for tests of what consumes plans.
+    #[cfg(test)]
+    pub fn for_tests(instances: PathBuf, ids: Vec<OsString>, window: Duration) -> Plan {
+        let n = ids.len();
+        let entries = ids
+            .into_iter()
+            .enumerate()
+            .map(|(slot, id)| Entry {
+                slot,
+                offset: offset(window, slot, n),
+                id,
+            })
+            .collect();
+        Plan {
+            lock_dir: instances.join(".locks"),
+            instances,
+            name: "test".into(),
+            window,
+            order: Order::Name,
+            manual: false,
+            shard: None,
+            entries,
+            program: None,
+            template: Template::parse(&["true".into()]).expect("a valid template"),
+        }
+    }
+
     /// The gap between two starts, W/N (zero for manual runs).
     pub fn interval(&self) -> Duration {
         match self.entries.len() {

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustix::event::Timespec;
@@ -75,25 +75,92 @@ fn parse_stat(buf: &[u8]) -> Option<ProcStat> {
     })
 }
 
-/// Every process whose process group is `pgid`, found by scanning `/proc`.
-pub fn group_members(pgid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| proc_stat(*pid).is_some_and(|s| s.pgrp == pgid))
-        .collect()
+/// A file identified the way the kernel does: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
 }
 
-/// Whether process `pid` has the file with this device and inode open.
-pub fn has_open(pid: i32, dev: u64, ino: u64) -> bool {
+impl FileId {
+    pub fn of(file: &File) -> io::Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// A process group that scatter believes belongs to one of its tasks: the
+/// group id, the lock file its members hold, and a start time no member can
+/// precede (its leader's), so a later group that reuses the id is told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    pub pgid: i32,
+    pub lock: FileId,
+    pub not_before: u64,
+}
+
+/// For each group, whether some process in it, started no earlier than the
+/// group's leader, still holds the group's lock file open. One scan of
+/// `/proc` answers for every group, so a stop signal forwarded to thousands
+/// of tasks costs one scan, not one per task.
+///
+/// This is how scatter knows a group id still names its task after the
+/// leader was reaped: a process-group id cannot be reused while any member
+/// lives, and a member holding the task's lock descriptor is the task's.
+pub fn groups_holding(groups: &[Group]) -> Vec<bool> {
+    let mut found = vec![false; groups.len()];
+    if groups.is_empty() {
+        return found;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let mut by_pgid: std::collections::HashMap<i32, Vec<usize>> = std::collections::HashMap::new();
+    for (i, g) in groups.iter().enumerate() {
+        if g.pgid > 1 {
+            by_pgid.entry(g.pgid).or_default().push(i);
+        }
+    }
+    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Some(stat) = proc_stat(pid) else { continue };
+        let Some(indexes) = by_pgid.get(&stat.pgrp) else {
+            continue;
+        };
+        for &i in indexes {
+            let g = &groups[i];
+            if !found[i] && stat.starttime >= g.not_before && has_open(pid, g.lock) {
+                found[i] = true;
+            }
+        }
+    }
+    found
+}
+
+/// Whether process `pid` has this file open. The descriptor links are read
+/// first and only links that name a file of the same name are `stat`ed, so
+/// a descriptor on a hung network filesystem is never touched.
+pub fn has_open(pid: i32, file: FileId) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return false;
     };
-    fds.filter_map(Result::ok)
-        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        .any(|m| m.dev() == dev && m.ino() == ino)
+    fds.filter_map(Result::ok).any(|fd| {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            return false;
+        };
+        // Sockets, pipes and anonymous files read as "socket:[…]" and the
+        // like; lock files are plain paths ending in ".lock".
+        target.is_absolute()
+            && target
+                .extension()
+                .is_some_and(|e| e == std::ffi::OsStr::new("lock"))
+            && std::fs::metadata(fd.path())
+                .is_ok_and(|m| m.dev() == file.dev && m.ino() == file.ino)
+    })
 }
 
 /// Lowers the calling thread's scheduling priority to the lowest (nice 19),
@@ -146,6 +213,19 @@ pub fn boottime_ticks() -> u64 {
     u64::try_from(ns * hz / 1_000_000_000).unwrap_or(u64::MAX)
 }
 
+/// `t + d`, or the latest representable instant short of it. Durations are
+/// bounded when parsed; this keeps deadline arithmetic from ever panicking
+/// whatever reaches it.
+pub fn later(t: std::time::Instant, d: Duration) -> std::time::Instant {
+    let mut d = d;
+    loop {
+        if let Some(at) = t.checked_add(d) {
+            return at;
+        }
+        d /= 2;
+    }
+}
+
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -185,7 +265,18 @@ pub fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends `sig` to every process in group `pgid`. A group that no longer
 /// exists is not an error.
+///
+/// A group id of 1 or less is refused: `kill(-1)` signals every process the
+/// caller may signal, and 0 is the caller's own group. Neither can ever be
+/// a task's group (a task leads a group scatter created for it, and its pid
+/// is above 1), so such an id can only come from a crafted record.
 pub fn kill_group(pgid: i32, sig: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process group {pgid}"),
+        ));
+    }
     let (Some(pid), Some(sig)) = (Pid::from_raw(pgid), Signal::from_named_raw(sig)) else {
         return Err(io::Error::from(io::ErrorKind::InvalidInput));
     };
@@ -195,9 +286,12 @@ pub fn kill_group(pgid: i32, sig: i32) -> io::Result<()> {
     }
 }
 
-/// Whether any process is still in group `pgid`.
+/// Whether any process is still in group `pgid`. This says nothing about
+/// who they are: once a group is empty its id can be reused.
 pub fn group_alive(pgid: i32) -> bool {
-    Pid::from_raw(pgid).is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
+    pgid > 1
+        && Pid::from_raw(pgid)
+            .is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok())
 }
 
 /// `SIGTERM`, `SIGKILL`… for messages; the number for anything unusual.
@@ -232,6 +326,9 @@ pub struct Signals {
     read: OwnedFd,
     stops: Arc<AtomicUsize>,
     last_stop: Arc<AtomicUsize>,
+    /// Set by SIGCHLD, cleared by [`Signals::take_child`]: whether a child
+    /// may have exited since the last look.
+    child: Arc<AtomicBool>,
     ids: Vec<signal_hook::SigId>,
 }
 
@@ -243,19 +340,25 @@ impl Signals {
         let write = Arc::new(write);
         let stops = Arc::new(AtomicUsize::new(0));
         let last_stop = Arc::new(AtomicUsize::new(0));
+        // True at first: children started before the handler was installed
+        // may already have exited.
+        let child = Arc::new(AtomicBool::new(true));
         let mut ids = Vec::new();
         for sig in [SIGCHLD, SIGTERM, SIGINT, SIGHUP] {
-            let (stops, last, write) = (
+            let (stops, last, write, child) = (
                 Arc::clone(&stops),
                 Arc::clone(&last_stop),
                 Arc::clone(&write),
+                Arc::clone(&child),
             );
             // SAFETY: the action performs only atomic operations and one
             // write(2) to a non-blocking pipe, all async-signal-safe; it
             // allocates nothing and takes no lock (signal-hook saves errno).
             let id = unsafe {
                 signal_hook::low_level::register(sig, move || {
-                    if sig != SIGCHLD {
+                    if sig == SIGCHLD {
+                        child.store(true, Ordering::SeqCst);
+                    } else {
                         last.store(sig as usize, Ordering::SeqCst);
                         stops.fetch_add(1, Ordering::SeqCst);
                     }
@@ -269,8 +372,16 @@ impl Signals {
             read,
             stops,
             last_stop,
+            child,
             ids,
         })
+    }
+
+    /// Whether SIGCHLD arrived since the last call: only then is there
+    /// anything to reap. (`waitpid(-1)` walks every live child in the
+    /// kernel, so calling it blindly would cost O(tasks) per start.)
+    pub fn take_child(&self) -> bool {
+        self.child.swap(false, Ordering::SeqCst)
     }
 
     /// How many stop signals arrived so far, and the number of the last one.

@@ -1,30 +1,54 @@
 //! Orphan timeouts: freeing an instance from a hung task whose scatter died.
 //!
 //! A task keeps its lock when scatter is killed, and then nobody enforces its
-//! timeout. A later run that finds the lock busy reads the holder record; if
-//! the task is past its timeout plus its run's grace period, that run would
-//! have killed it by now had it been alive, so the task is hung. Before
-//! signalling anything, the holder is verified through `/proc`, so that a
-//! reused pid is never hit: either the leader is still the process that was
-//! recorded (same start time), or the leader is gone and a member of its
-//! process group still has this very lock file open.
-
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+//! timeout. A later run that finds the lock busy reads the holder record. The
+//! holder is only treated as hung and orphaned when all of these hold:
+//!
+//! * it is past its timeout plus its run's grace period, counted on the boot
+//!   clock from its start time (a wall-clock step cannot age it);
+//! * the run that started it is gone (its pid no longer has the recorded
+//!   start time), so no live scatter is still supervising it;
+//! * the process group to signal is verifiably the task's: either the leader
+//!   is alive with the recorded start time and still leads its group, or the
+//!   leader is gone and a member of the group, started no earlier than the
+//!   leader, holds this very lock file open. A process-group id cannot be
+//!   reused while any member lives, so such a member proves the id still
+//!   names the task's group.
+//!
+//! The record is written by the task's run, but anyone who can write the lock
+//! file could forge it; the checks above only ever lead to signalling a group
+//! that holds this instance's lock, and never a group id of 1 or less.
 
 use crate::lock::Holder;
-use crate::platform;
+use crate::platform::{self, FileId, Group};
 
-/// The process group to kill for an overdue holder, if one can be verified.
-pub fn verified_group(holder: &Holder, lock_path: &Path) -> Option<i32> {
-    if platform::proc_stat(holder.pid).is_some_and(|s| holder.starttime.contains(s.starttime)) {
-        return Some(holder.pid);
+/// The task's process group, if the holder is verifiably hung, orphaned and
+/// still the task that took this lock file.
+pub fn verified_group(holder: &Holder, lock: FileId) -> Option<Group> {
+    if holder.pid <= 1 || holder.run_may_be_alive() {
+        return None;
     }
-    let meta = std::fs::symlink_metadata(lock_path).ok()?;
-    platform::group_members(holder.pid)
-        .into_iter()
-        .any(|member| platform::has_open(member, meta.dev(), meta.ino()))
-        .then_some(holder.pid)
+    let group = Group {
+        pgid: holder.pid,
+        lock,
+        not_before: holder.starttime.lo,
+    };
+    match platform::proc_stat(holder.pid) {
+        // The leader itself, still leading the group it was started in.
+        Some(stat) if holder.starttime.contains(stat.starttime) => {
+            (stat.pgrp == holder.pid).then_some(group)
+        }
+        // Gone, or the pid now names another process: only members of the
+        // group that hold the lock file vouch for it.
+        _ => still_holds(&group).then_some(group),
+    }
+}
+
+/// Whether a member of the group still holds its lock file: checked again
+/// just before a SIGKILL, since the group may have ended meanwhile and its
+/// id been reused.
+pub fn still_holds(group: &Group) -> bool {
+    platform::groups_holding(std::slice::from_ref(group))[0]
 }
 
 #[cfg(test)]
@@ -33,37 +57,103 @@ mod tests {
     use crate::lock::StartTime;
     use std::time::{Duration, SystemTime};
 
-    fn holder(pid: i32, starttime: u64) -> Holder {
+    fn holder(pid: i32, starttime: u64, run_pid: i32) -> Holder {
         Holder {
             pid,
             starttime: StartTime::exact(starttime),
             started: SystemTime::now() - Duration::from_secs(100),
             timeout: Some(Duration::from_secs(1)),
             grace: Duration::from_secs(1),
-            run_pid: 1,
+            run_pid,
+            run_start: Some(1),
         }
     }
 
+    fn some_file() -> (tempfile::NamedTempFile, FileId) {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        let id = FileId::of(tmp.as_file()).unwrap();
+        (tmp, id)
+    }
+
+    /// A child in a group of its own, as tasks are.
+    fn group_leader() -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
     #[test]
-    fn a_live_leader_with_the_recorded_start_time_is_verified() {
+    fn a_live_group_leader_with_the_recorded_start_time_is_verified() {
+        let mut child = group_leader();
+        let pid = child.id() as i32;
+        let stat = platform::proc_stat(pid).unwrap();
+        let (_tmp, file) = some_file();
+        let found = verified_group(&holder(pid, stat.starttime, 0), file);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found.map(|g| g.pgid), Some(pid));
+    }
+
+    #[test]
+    fn a_process_that_does_not_lead_its_group_is_not_verified() {
+        // The test binary itself is not a group leader under cargo test.
         let me = platform::pid();
         let stat = platform::proc_stat(me).unwrap();
-        assert_eq!(
-            verified_group(&holder(me, stat.starttime), Path::new("/nonexistent")),
-            Some(me)
-        );
+        if stat.pgrp == me {
+            return;
+        }
+        let (_tmp, file) = some_file();
+        assert_eq!(verified_group(&holder(me, stat.starttime, 0), file), None);
     }
 
     #[test]
     fn a_reused_pid_is_not_verified() {
-        // Our own pid, but a different start time: a pid reused by an
-        // unrelated process, and no member of its group holds the file.
+        // A live group leader, but with another start time: a pid reused by
+        // an unrelated process, and no member of its group holds the file.
+        let mut child = group_leader();
+        let pid = child.id() as i32;
+        let stat = platform::proc_stat(pid).unwrap();
+        let (_tmp, file) = some_file();
+        let found = verified_group(&holder(pid, stat.starttime + 1, 0), file);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found, None);
+    }
+
+    #[test]
+    fn a_holder_whose_run_lives_is_left_to_that_run() {
+        let mut child = group_leader();
+        let pid = child.id() as i32;
+        let stat = platform::proc_stat(pid).unwrap();
         let me = platform::pid();
-        let stat = platform::proc_stat(me).unwrap();
-        let tmp = tempfile::NamedTempFile::new().unwrap();
-        assert_eq!(
-            verified_group(&holder(me, stat.starttime + 1), tmp.path()),
-            None
-        );
+        let mine = platform::proc_stat(me).unwrap().starttime;
+        let (_tmp, file) = some_file();
+        let mut h = holder(pid, stat.starttime, me);
+        h.run_start = Some(mine);
+        let alive = verified_group(&h, file);
+        // Version 1 records cannot tell a reused run pid apart: any process
+        // with that pid counts as the run.
+        h.run_start = None;
+        let v1 = verified_group(&h, file);
+        // The run's pid with another start time is a reused pid: gone.
+        h.run_start = Some(mine + 1);
+        let reused = verified_group(&h, file);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(alive, None);
+        assert_eq!(v1, None);
+        assert_eq!(reused.map(|g| g.pgid), Some(pid));
+    }
+
+    #[test]
+    fn init_and_group_zero_are_never_verified() {
+        let (_tmp, file) = some_file();
+        let init = platform::proc_stat(1).map_or(0, |s| s.starttime);
+        for pid in [1, 0, -1] {
+            assert_eq!(verified_group(&holder(pid, init, 0), file), None);
+        }
     }
 }

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::display::quoted;
 use crate::exit::Fatal;
+use crate::lenient;
 use crate::lockname::encode_id;
 use crate::report::{Outcome, TaskResult, unix_secs};
 
@@ -70,25 +71,42 @@ pub enum Trigger {
 #[serde(default)]
 pub struct InstanceRecord {
     /// The id (lossy if it is not UTF-8; then `id_hex` has the bytes).
+    #[serde(deserialize_with = "lenient::or_default")]
     pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_default"
+    )]
     pub id_hex: Option<String>,
     /// The last outcome of a run that tried to start it: `ok`, `failed`,
     /// `killed`, `timed_out`, `failed_to_start` or `detached`. Skips are
     /// kept apart, in `last_skip_*`.
+    #[serde(deserialize_with = "lenient::or_default")]
     pub outcome: Option<String>,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub exit_code: Option<i32>,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub signal: Option<i32>,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub reason: Option<String>,
+    #[serde(deserialize_with = "lenient::time")]
     pub last_start: Option<f64>,
+    #[serde(deserialize_with = "lenient::time")]
     pub last_end: Option<f64>,
+    #[serde(deserialize_with = "lenient::secs")]
     pub last_duration_secs: Option<f64>,
+    #[serde(deserialize_with = "lenient::time")]
     pub last_success: Option<f64>,
+    #[serde(deserialize_with = "lenient::count")]
     pub consecutive_failures: u32,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub last_skip_reason: Option<String>,
+    #[serde(deserialize_with = "lenient::time")]
     pub last_skip_at: Option<f64>,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub trigger: Option<Trigger>,
     /// When this record last changed (unix seconds).
+    #[serde(deserialize_with = "lenient::time_or_zero")]
     pub updated: f64,
 }
 
@@ -103,8 +121,11 @@ impl InstanceRecord {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct InstancesFile {
+    #[serde(deserialize_with = "lenient::or_default")]
     format: String,
+    #[serde(deserialize_with = "lenient::records")]
     instances: BTreeMap<String, InstanceRecord>,
 }
 
@@ -112,32 +133,54 @@ struct InstancesFile {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RunRecord {
+    #[serde(deserialize_with = "lenient::or_default")]
     pub format: String,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub run_id: String,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub name: String,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub pid: i32,
     /// The run's start time in clock ticks (`/proc/<pid>/stat` field 22),
     /// to tell a live run from a reused pid.
+    #[serde(deserialize_with = "lenient::count")]
     pub pid_starttime: u64,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub trigger: Option<Trigger>,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub instances_dir: String,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub lock_dir: String,
+    #[serde(deserialize_with = "lenient::time_or_zero")]
     pub started: f64,
     /// When the last start is planned (unix seconds).
+    #[serde(deserialize_with = "lenient::time_or_zero")]
     pub spread_end: f64,
+    #[serde(deserialize_with = "lenient::secs_or_zero")]
     pub window_secs: f64,
     /// `K/N` when the run covered one shard.
+    #[serde(deserialize_with = "lenient::or_default")]
     pub shard: Option<String>,
+    #[serde(deserialize_with = "lenient::count")]
     pub count: usize,
+    #[serde(deserialize_with = "lenient::count")]
     pub started_count: usize,
+    #[serde(deserialize_with = "lenient::count")]
     pub running: usize,
+    #[serde(deserialize_with = "lenient::count")]
     pub finished_count: usize,
+    #[serde(deserialize_with = "lenient::counts")]
     pub counts: BTreeMap<String, usize>,
     /// `running`, `finished` or `aborted` (stopped by a signal).
+    #[serde(deserialize_with = "lenient::or_default")]
     pub state: String,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub stopped_by: Option<i32>,
+    #[serde(deserialize_with = "lenient::time")]
     pub ended: Option<f64>,
+    #[serde(deserialize_with = "lenient::or_default")]
     pub exit_code: Option<u8>,
+    #[serde(deserialize_with = "lenient::secs")]
     pub max_lateness_secs: Option<f64>,
 }
 
@@ -373,7 +416,7 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
             record.last_end = (!matches!(outcome, Outcome::Detached)).then_some(at);
             record.last_duration_secs = r.duration.map(|d| d.as_secs_f64());
             if outcome.is_failure() {
-                record.consecutive_failures += 1;
+                record.consecutive_failures = record.consecutive_failures.saturating_add(1);
             } else if *outcome == Outcome::Ok {
                 record.consecutive_failures = 0;
                 record.last_success = Some(at);
@@ -474,8 +517,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread; the run record is written at once.
-    pub fn start(dir: StateDir, progress: Arc<Progress>, keep_runs: usize) -> Writer {
+    /// Starts the writer thread; the run record is written at once. The
+    /// thread counts against the user's process limit, so it may fail to
+    /// start (EAGAIN); the caller then runs without history.
+    pub fn start(dir: StateDir, progress: Arc<Progress>, keep_runs: usize) -> Result<Writer> {
         let (tx, rx) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("scatter-state".into())
@@ -485,8 +530,8 @@ impl Writer {
                 crate::platform::lower_thread_priority();
                 writer_loop(&dir, &rx, &progress, keep_runs)
             })
-            .expect("cannot start the state writer thread");
-        Writer { tx, handle }
+            .context("cannot start the thread that writes the state files")?;
+        Ok(Writer { tx, handle })
     }
 
     pub fn event(&self, event: Event) {
@@ -651,7 +696,7 @@ mod tests {
             state: "running".into(),
             ..Default::default()
         });
-        let writer = Writer::start(dir.clone(), Arc::clone(&progress), 3);
+        let writer = Writer::start(dir.clone(), Arc::clone(&progress), 3).unwrap();
         writer.event(event("x", Outcome::Ok));
         progress.update(|r| r.state = "finished".into());
         let done = writer.finish(None);

@@ -293,8 +293,11 @@ const YELLOW: &str = "\x1b[33m";
 const BOLD: &str = "\x1b[1m";
 const RESET: &str = "\x1b[0m";
 
+/// Seconds for humans. Records are validated when read, but this is the
+/// last line of defence: NaN, negative and huge values cannot panic here.
 fn secs(s: f64) -> String {
-    display::duration(Duration::from_secs_f64(s.max(0.0)))
+    let d = Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX);
+    display::duration(d)
 }
 
 /// The terminal form.

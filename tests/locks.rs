@@ -36,7 +36,7 @@ fn a_skip_is_logged_at_info_with_the_holder() {
     first.args(["sleep", "5"]);
     let mut first = util::spawn(&mut first);
     assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(fx.lock_file("a")).is_ok_and(|s| s.starts_with("scatter-holder/1"))
+        std::fs::read_to_string(fx.lock_file("a")).is_ok_and(|s| s.starts_with("scatter-holder/2"))
     }));
     let record = std::fs::read_to_string(fx.lock_file("a")).unwrap();
     let pid: i32 = record

@@ -148,7 +148,7 @@ fn status_shows_runs_in_progress_running_tasks_and_failures() {
     let mut child = util::spawn(&mut cmd);
     let lock = fx.lock_file("a");
     assert!(wait_until(Duration::from_secs(10), || {
-        std::fs::read_to_string(&lock).is_ok_and(|s| s.starts_with("scatter-holder/1"))
+        std::fs::read_to_string(&lock).is_ok_and(|s| s.starts_with("scatter-holder/2"))
     }));
     std::thread::sleep(Duration::from_millis(1500));
 

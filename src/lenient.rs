@@ -1,0 +1,179 @@
+//! Reading records that anyone with write access to the state directory,
+//! an older or newer release, or a crash could have written.
+//!
+//! Every field of a state record is read through one of these functions,
+//! so a field of the wrong type or out of range costs that field (it reads
+//! as absent), never the record or the whole file, and no number that could
+//! later overflow a `Duration` or an addition ever gets in: times are finite
+//! and between 1970 and the year 5000, durations finite and non-negative,
+//! counts saturate instead of wrapping.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// The latest time a record may name, in unix seconds (about the year 5138).
+pub const MAX_TIME: f64 = 1e11;
+/// The longest duration a record may name: a thousand years.
+pub const MAX_SECS: f64 = 3.2e10;
+
+/// Any type, or its default when the value is of another shape.
+pub fn or_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned + Default,
+{
+    let value = Value::deserialize(d)?;
+    Ok(T::deserialize(value).unwrap_or_default())
+}
+
+/// A point in time (unix seconds), if it is a plausible one.
+pub fn time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(number(Value::deserialize(d)?).filter(|t| (0.0..=MAX_TIME).contains(t)))
+}
+
+/// A point in time that must be there; 0 (the epoch) when it is not usable.
+pub fn time_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(time(d)?.unwrap_or(0.0))
+}
+
+/// A length of time in seconds, if it is a plausible one.
+pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(number(Value::deserialize(d)?).filter(|s| (0.0..=MAX_SECS).contains(s)))
+}
+
+/// A length of time that must be there; 0 when it is not usable.
+pub fn secs_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(secs(d)?.unwrap_or(0.0))
+}
+
+/// A count: negative reads as 0, too large as the type's maximum.
+pub fn count<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<u64> + Bounded + Default,
+{
+    Ok(saturate(&Value::deserialize(d)?))
+}
+
+/// A map of counts (per outcome), each read as [`count`].
+pub fn counts<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, usize>, D::Error> {
+    let Value::Object(map) = Value::deserialize(d)? else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(map.into_iter().map(|(k, v)| (k, saturate(&v))).collect())
+}
+
+/// Records keyed by name, each read on its own: one that is not even an
+/// object becomes the default record, and the others are unaffected.
+pub fn records<'de, D, T>(d: D) -> Result<BTreeMap<String, T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned + Default,
+{
+    let Value::Object(map) = Value::deserialize(d)? else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (k, T::deserialize(v).unwrap_or_default()))
+        .collect())
+}
+
+/// Integer types [`count`] can saturate into.
+pub trait Bounded {
+    const MAX: Self;
+}
+
+impl Bounded for u32 {
+    const MAX: u32 = u32::MAX;
+}
+
+impl Bounded for usize {
+    const MAX: usize = usize::MAX;
+}
+
+impl Bounded for u64 {
+    const MAX: u64 = u64::MAX;
+}
+
+fn saturate<T: TryFrom<u64> + Bounded + Default>(v: &Value) -> T {
+    if let Some(n) = v.as_u64() {
+        return T::try_from(n).unwrap_or(T::MAX);
+    }
+    match v.as_f64() {
+        // Larger than u64 (1e300), or a fraction: saturate or truncate.
+        Some(x) if x.is_finite() && x >= 1.0 => {
+            if x >= u64::MAX as f64 {
+                T::MAX
+            } else {
+                T::try_from(x as u64).unwrap_or(T::MAX)
+            }
+        }
+        _ => T::default(),
+    }
+}
+
+fn number(v: Value) -> Option<f64> {
+    v.as_f64().filter(|x| x.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct R {
+        #[serde(deserialize_with = "time")]
+        at: Option<f64>,
+        #[serde(deserialize_with = "secs")]
+        took: Option<f64>,
+        #[serde(deserialize_with = "count")]
+        n: u32,
+        #[serde(deserialize_with = "or_default")]
+        name: Option<String>,
+    }
+
+    fn r(json: &str) -> R {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn out_of_range_and_mistyped_fields_read_as_absent() {
+        assert_eq!(r(r#"{"at":1.5,"took":2,"n":3,"name":"x"}"#).at, Some(1.5));
+        for bad in ["-1e300", "1e300", "-1", "\"NaN\"", "null", "[1]", "{}"] {
+            let rec = r(&format!(
+                r#"{{"at":{bad},"took":{bad},"n":{bad},"name":{bad}}}"#
+            ));
+            assert_eq!(rec.at, None, "{bad}");
+            assert_eq!(rec.took, None, "{bad}");
+            assert_eq!(rec.name, None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        assert_eq!(r(r#"{"n":4294967295}"#).n, u32::MAX);
+        assert_eq!(r(r#"{"n":18446744073709551615}"#).n, u32::MAX);
+        assert_eq!(r(r#"{"n":1e308}"#).n, u32::MAX);
+        assert_eq!(r(r#"{"n":-5}"#).n, 0);
+        assert_eq!(r(r#"{"n":2.7}"#).n, 2);
+    }
+
+    #[test]
+    fn a_bad_record_costs_only_itself() {
+        #[derive(Deserialize)]
+        struct F {
+            #[serde(deserialize_with = "records")]
+            all: BTreeMap<String, R>,
+        }
+        let f: F = serde_json::from_str(r#"{"all":{"a":{"n":1},"b":7,"c":{"n":"x"}}}"#).unwrap();
+        assert_eq!(f.all.len(), 3);
+        assert_eq!(f.all["a"].n, 1);
+        assert_eq!(f.all["b"], R::default());
+        assert_eq!(f.all["c"].n, 0);
+    }
+}

@@ -1,0 +1,143 @@
+//! The supervisor: one thread that starts, reaps, times out and stops tasks.
+//!
+//! It is split along one seam. The [`engine`] decides (the schedule, the
+//! concurrency cap, timeouts, stop signals, outcomes) and the [`host`]
+//! carries the decisions out; [`processes`] is the host that runs real
+//! processes, and the unit tests run the same engine on a fake one.
+//!
+//! A single thread does everything. It sleeps in `poll` on the signal
+//! self-pipe (and, with `--output tag`, the tasks' output pipes) until the
+//! next absolute deadline: the next planned start, a timeout, the end of a
+//! grace period. SIGCHLD wakes it to reap with `waitpid(-1, WNOHANG)`, so no
+//! child is ever polled in turn and no thread is spent per child; while it
+//! catches up on overdue starts it also reaps between starts, so zombies
+//! never fill the process table. Unless output is relayed, the spawner
+//! keeps no descriptor per running task.
+//!
+//! Deadlines are `start + offset`, computed from one start instant, so a slow
+//! start never pushes later ones back. If the machine cannot keep up, or
+//! `--max-concurrent` holds starts back, they happen late but none is
+//! skipped, and the schedule resumes on its original deadlines. A start that
+//! fails with EAGAIN (a process limit) is retried once after reaping.
+//!
+//! Timeouts and stop signals act on a task's whole process group: SIGTERM
+//! first, SIGKILL after the grace period (`--kill-after`), even if the
+//! group's leader has already exited, because children left in the group
+//! still hold the lock; [`processes`] explains how it makes sure a group is
+//! still the task's before it signals it.
+//!
+//! # What the loop calls, and why none of it blocks
+//!
+//! Every call the supervisor thread makes during a run, and what bounds it:
+//!
+//! * `poll` on the self-pipe and tag pipes: the one intended wait, always
+//!   with the next deadline as its timeout; a signal wakes it.
+//! * `read` on the self-pipe and on tag pipes: both are `O_NONBLOCK`
+//!   (scatter's own ends, never shared).
+//! * `waitpid(-1, WNOHANG)`, `kill`, `clock_gettime`: never block.
+//! * `stat` of the instance directory before its start, `openat` (with
+//!   `O_NOFOLLOW|O_NONBLOCK`, so a planted FIFO cannot block the open),
+//!   `fstat`, `flock(LOCK_NB)` and `pwrite` of the holder record on the lock
+//!   file, and the open of a `dir=` log file (same flags): local file-system
+//!   calls. They wait for the disk at worst; the README says to keep the
+//!   lock directory on local storage (tmpfs ideally), because on a hung
+//!   network file system they would hang with it.
+//! * `posix_spawn`: returns once the child has called `exec` (it shares
+//!   scatter's memory until then), so it costs the time of one `exec`.
+//! * `/proc` reads (`stat`, `fd` links), only to verify a group before
+//!   signalling a reaped leader's group or a hung holder of another run:
+//!   procfs reads do not block on the target process; a descriptor is only
+//!   `stat`ed when its link already names a `.lock` file.
+//! * Diagnostics and relayed output: never written by this thread directly.
+//!   They go into bounded buffers drained by another thread (`relay`), and
+//!   log records go to syslog or the journal with non-blocking sends; what
+//!   does not fit is dropped and counted, and said once.
+//! * State records: handed to the state writer thread through a channel that
+//!   never blocks; the disk is that thread's business.
+
+pub mod engine;
+pub mod host;
+pub mod processes;
+#[cfg(test)]
+mod tests;
+
+use std::num::NonZeroUsize;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+
+use crate::cli::OutputMode;
+use crate::plan::Plan;
+use crate::report::{Report, TaskResult};
+
+/// How tasks are supervised.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--max-concurrent`: at most this many tasks alive at once.
+    pub max_concurrent: Option<NonZeroUsize>,
+    /// `--timeout`: SIGTERM the task's group after this long.
+    pub timeout: Option<Duration>,
+    /// `--kill-after`: SIGKILL this long after SIGTERM (zero: at once).
+    pub kill_after: Duration,
+    /// `--detach`: return after the last start without waiting.
+    pub detach: bool,
+    /// `--output`: where the tasks' stdout and stderr go.
+    pub output: OutputMode,
+    /// Log each failure as a record of its own (when logging to syslog or
+    /// the journal, where the end-of-run report on stderr is not seen).
+    pub log_failures: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_concurrent: None,
+            timeout: None,
+            kill_after: Duration::from_secs(10),
+            detach: false,
+            output: OutputMode::Inherit,
+            log_failures: false,
+        }
+    }
+}
+
+/// Told what happens during a run, as it happens (for the state files).
+pub trait Observer {
+    /// The task of `slot` has started.
+    fn started(&mut self, _slot: usize) {}
+    /// The instance of `slot` has its final outcome for this run.
+    fn ended(&mut self, _slot: usize, _result: &TaskResult) {}
+}
+
+/// An observer that ignores everything.
+impl Observer for () {}
+
+/// The instant a run began, on both clocks: offsets count from `start`, and
+/// `start_wall` is what records and `SCATTER_WINDOW_START` show.
+#[derive(Debug, Clone, Copy)]
+pub struct RunStart {
+    pub start: Instant,
+    pub start_wall: SystemTime,
+}
+
+impl RunStart {
+    pub fn now() -> RunStart {
+        RunStart {
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+        }
+    }
+}
+
+/// Runs the plan to completion with real processes and returns what
+/// happened to each instance.
+pub fn run(
+    plan: &Plan,
+    begun: &RunStart,
+    opts: &Options,
+    observer: &mut dyn Observer,
+) -> Result<Report> {
+    let window_start = format!("{:.6}", crate::report::unix_secs(begun.start_wall));
+    let host = processes::Processes::new(plan, opts, window_start)?;
+    Ok(engine::Engine::new(host, plan, begun.start, opts, observer).run())
+}

@@ -1,0 +1,429 @@
+//! The real [`Host`]: tasks are processes, each the leader of its own
+//! process group, holding its instance's lock.
+//!
+//! Starting takes the lock (`O_NOFOLLOW|O_NONBLOCK` open, `LOCK_NB`), spawns
+//! through `posix_spawn` with the locked descriptor inherited, and writes
+//! the holder record. Reaping is `waitpid(-1, WNOHANG)`, done only after
+//! SIGCHLD. Sleeping is one `poll` on the signal self-pipe and, with
+//! `--output tag`, the tasks' output pipes.
+//!
+//! **Signalling only the task's own group.** A task's group id is its
+//! leader's pid. While the leader has not been reaped, that pid cannot be
+//! reused, so the group id is safe to signal. Once the leader is reaped, the
+//! id could be taken by an unrelated process (`setsid`) as soon as the last
+//! member of the group exits; so before signalling a reaped leader's group,
+//! the host checks in `/proc` that a member of the group, started no earlier
+//! than the leader, still holds the task's lock file open (a group id cannot
+//! be reused while any member lives). A group id of 1 or less is never
+//! signalled. Timers live in the engine and are keyed by slot, never by
+//! pid, so a pid reused by a later task is never mistaken for an earlier
+//! one.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use log::{debug, info, warn};
+use signal_hook::consts::{SIGKILL, SIGTERM};
+
+use super::Options;
+use super::engine::first_signal;
+use super::host::{Event, Host, Started};
+use crate::display::quoted;
+use crate::exit;
+use crate::lock::{self, Attempt, Holder, StartTime};
+use crate::output::{Capture, Outputs};
+use crate::plan::{Entry, Plan};
+use crate::platform::{self, FileId, Group, PollFd, PollFlags, Signals, later};
+use crate::reclaim;
+use crate::report::Skip;
+use crate::spawn::{self, TaskEnv};
+
+/// What the host keeps for one started task.
+struct Proc {
+    pid: i32,
+    reaped: bool,
+    group: Group,
+    capture: Capture,
+}
+
+/// A hung task of another, dead run, sent SIGTERM; SIGKILL is due.
+struct Hung {
+    kill_at: Instant,
+    group: Group,
+    tag: String,
+}
+
+pub struct Processes<'a> {
+    plan: &'a Plan,
+    opts: &'a Options,
+    signals: Signals,
+    outputs: Outputs,
+    /// `SCATTER_WINDOW_START` for every task.
+    window_start: String,
+    /// This run's own pid and start time, for holder records.
+    run_pid: i32,
+    run_start: Option<u64>,
+    procs: HashMap<usize, Proc>,
+    /// Leaders not reaped yet, by pid.
+    by_pid: HashMap<i32, usize>,
+    hung: Vec<Hung>,
+}
+
+impl<'a> Processes<'a> {
+    pub fn new(plan: &'a Plan, opts: &'a Options, window_start: String) -> Result<Self> {
+        let signals = Signals::install().context("cannot install signal handlers")?;
+        let outputs = Outputs::new(&opts.output)?;
+        let run_pid = platform::pid();
+        Ok(Processes {
+            plan,
+            opts,
+            signals,
+            outputs,
+            window_start,
+            run_pid,
+            run_start: platform::proc_stat(run_pid).map(|s| s.starttime),
+            procs: HashMap::new(),
+            by_pid: HashMap::new(),
+            hung: Vec::new(),
+        })
+    }
+
+    fn tag(&self, slot: usize) -> String {
+        quoted(&self.plan.entries[slot].id)
+    }
+
+    /// Decides what a busy lock means: another run's task, or a hung one
+    /// whose run died, which is then killed.
+    fn busy(&mut self, tag: &str, id: &OsStr, holder: Option<Holder>, lock_path: &Path) -> Skip {
+        let raw = id.to_string_lossy();
+        let Some(holder) = holder else {
+            let who = "another process (no holder record in the lock file)".to_string();
+            info!(instance = &*raw; "{tag}: skipped: lock is held by {who}");
+            return Skip::Locked(who);
+        };
+        let who = holder.describe(SystemTime::now());
+        if !holder.is_overdue(platform::boottime_ticks()) {
+            info!(instance = &*raw; "{tag}: skipped: lock is held by {who}");
+            return Skip::Locked(who);
+        }
+        let group = lock_file_id(lock_path).and_then(|file| reclaim::verified_group(&holder, file));
+        let Some(group) = group else {
+            info!(
+                instance = &*raw;
+                "{tag}: skipped: lock is held by {who}, past its timeout, but its run may still be alive or no process of its group holds the lock"
+            );
+            return Skip::Locked(who);
+        };
+        let limit = holder.timeout.unwrap_or_default();
+        let first = first_signal(self.opts.kill_after);
+        warn!(
+            instance = &*raw;
+            "{tag}: lock holder {who} is past its {} timeout and its run is gone; sending {} to its process group {}",
+            humantime::format_duration(limit),
+            platform::signal_name(first),
+            group.pgid
+        );
+        signal_group(group.pgid, first, tag);
+        if first == SIGTERM {
+            self.hung.push(Hung {
+                kill_at: later(Instant::now(), self.opts.kill_after),
+                group,
+                tag: tag.to_string(),
+            });
+        }
+        Skip::KilledHungHolder(who)
+    }
+
+    fn record_holder(&self, file: &lock::Locked, pid: i32, starttime: StartTime, tag: &str) {
+        let holder = Holder {
+            pid,
+            starttime,
+            started: SystemTime::now(),
+            timeout: self.opts.timeout,
+            grace: self.opts.kill_after,
+            run_pid: self.run_pid,
+            run_start: self.run_start,
+        };
+        if let Err(err) = file.record(&holder) {
+            warn!("{tag}: cannot write the holder record into its lock file: {err}");
+        }
+    }
+
+    fn fire_hung(&mut self) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<Hung>, Vec<Hung>) =
+            self.hung.drain(..).partition(|h| h.kill_at <= now);
+        self.hung = waiting;
+        for hung in due {
+            if reclaim::still_holds(&hung.group) {
+                info!(
+                    "{}: hung process group {} survived SIGTERM; sending SIGKILL",
+                    hung.tag, hung.group.pgid
+                );
+                signal_group(hung.group.pgid, SIGKILL, &hung.tag);
+            }
+        }
+    }
+
+    fn failed(reason: String, code: u8) -> Started {
+        Started::Failed {
+            reason,
+            code,
+            again: false,
+        }
+    }
+}
+
+impl Host for Processes<'_> {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn stops(&self) -> (usize, i32) {
+        self.signals.stops()
+    }
+
+    fn start(&mut self, entry: &Entry) -> Started {
+        let tag = quoted(&entry.id);
+        let path = self.plan.path(entry);
+        if !path.is_dir() {
+            // Removed (a tenant deleted) since the plan was made.
+            info!(instance = &*entry.id.to_string_lossy(); "{tag}: skipped: its directory no longer exists");
+            return Started::Skipped(Skip::Vanished);
+        }
+        let lock_path = self.plan.lock_path(entry);
+        let file = match lock::try_acquire(&lock_path) {
+            Ok(Attempt::Acquired(locked)) => locked,
+            Ok(Attempt::Busy(holder)) => {
+                return Started::Skipped(self.busy(&tag, &entry.id, holder, &lock_path));
+            }
+            Err(err) => return Self::failed(err.to_string(), exit::FAILURE),
+        };
+        let lock_id = match FileId::of(&file.file) {
+            Ok(id) => id,
+            Err(err) => return Self::failed(err.to_string(), exit::FAILURE),
+        };
+        let (output, capture) = match self.outputs.for_task(&entry.id, entry.slot) {
+            Ok(pair) => pair,
+            Err(err) => return Self::failed(err.to_string(), exit::FAILURE),
+        };
+        let argv = self.plan.argv(entry);
+        let env = TaskEnv {
+            id: &entry.id,
+            path: &path,
+            slot: entry.slot,
+            window_start: &self.window_start,
+        };
+        let before = platform::boottime_ticks();
+        let spawned = spawn::spawn(
+            self.plan.program.as_deref(),
+            &argv,
+            &env,
+            &file.file,
+            output,
+        );
+        let starttime = StartTime {
+            lo: before,
+            hi: platform::boottime_ticks(),
+        };
+        let pid = match spawned {
+            Ok(pid) => pid,
+            Err(err) => {
+                if let Capture::Spool(spool) = &capture {
+                    self.outputs.settle_spool(&tag, spool, false);
+                }
+                let again = err.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error());
+                return Started::Failed {
+                    reason: format!("{}: {}", quoted(&argv[0]), spawn::describe(&err)),
+                    code: spawn::start_failure_code(&err),
+                    again,
+                };
+            }
+        };
+        self.record_holder(&file, pid, starttime, &tag);
+        drop(file);
+        let output = matches!(capture, Capture::Pipe(_));
+        self.procs.insert(
+            entry.slot,
+            Proc {
+                pid,
+                reaped: false,
+                group: Group {
+                    pgid: pid,
+                    lock: lock_id,
+                    not_before: starttime.lo,
+                },
+                capture,
+            },
+        );
+        self.by_pid.insert(pid, entry.slot);
+        Started::Running {
+            pid,
+            wall: SystemTime::now(),
+            output,
+        }
+    }
+
+    fn signal(&mut self, slots: &[usize], sig: i32) {
+        let mut reaped: Vec<(usize, Group)> = Vec::new();
+        for slot in slots {
+            let Some(proc_) = self.procs.get(slot) else {
+                continue;
+            };
+            if proc_.reaped {
+                reaped.push((*slot, proc_.group));
+            } else {
+                // An unreaped leader's pid cannot have been reused.
+                signal_group(proc_.pid, sig, &self.tag(*slot));
+            }
+        }
+        if reaped.is_empty() {
+            return;
+        }
+        let groups: Vec<Group> = reaped.iter().map(|(_, g)| *g).collect();
+        let holding = platform::groups_holding(&groups);
+        for ((slot, group), holds) in reaped.into_iter().zip(holding) {
+            if holds {
+                signal_group(group.pgid, sig, &self.tag(slot));
+            } else {
+                debug!(
+                    "{}: no process of its group {} holds its lock any more; not sending {}",
+                    self.tag(slot),
+                    group.pgid,
+                    platform::signal_name(sig)
+                );
+            }
+        }
+    }
+
+    fn reap(&mut self, events: &mut Vec<Event>) {
+        if self.signals.take_child() {
+            loop {
+                match platform::reap_any() {
+                    Ok(Some((pid, status))) => {
+                        let Some(slot) = self.by_pid.remove(&pid) else {
+                            debug!("reaped pid {pid}, which is not one of our tasks");
+                            continue;
+                        };
+                        if let Some(proc_) = self.procs.get_mut(&slot) {
+                            proc_.reaped = true;
+                        }
+                        events.push(Event::Exited { slot, status });
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        warn!("waitpid failed: {err}");
+                        break;
+                    }
+                }
+            }
+        }
+        if !self.hung.is_empty() {
+            self.fire_hung();
+        }
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>, events: &mut Vec<Event>) {
+        let timeout = deadline.map(|t| t.saturating_duration_since(Instant::now()));
+        let mut slots = Vec::new();
+        let mut fds = vec![PollFd::from_borrowed_fd(self.signals.fd(), PollFlags::IN)];
+        if matches!(self.opts.output, crate::cli::OutputMode::Tag) {
+            for (slot, proc_) in &self.procs {
+                if let Capture::Pipe(pipe) = &proc_.capture {
+                    fds.push(PollFd::new(pipe.fd(), PollFlags::IN));
+                    slots.push(*slot);
+                }
+            }
+        }
+        if let Err(err) = platform::poll(&mut fds, timeout) {
+            // Not expected (EINTR is handled); sleep briefly rather than spin.
+            warn!("poll failed: {err}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let woke = !fds[0].revents().is_empty();
+        let ready: Vec<usize> = fds[1..]
+            .iter()
+            .zip(&slots)
+            .filter(|(fd, _)| !fd.revents().is_empty())
+            .map(|(_, slot)| *slot)
+            .collect();
+        drop(fds);
+        if woke {
+            self.signals.drain();
+        }
+        for slot in ready {
+            let tag = self.tag(slot);
+            let Some(proc_) = self.procs.get_mut(&slot) else {
+                continue;
+            };
+            if let Capture::Pipe(pipe) = &mut proc_.capture
+                && self.outputs.read_pipe(&tag, pipe)
+            {
+                self.outputs.finish_pipe(&tag, pipe);
+                proc_.capture = Capture::None;
+                events.push(Event::OutputClosed { slot });
+            }
+        }
+        self.reap(events);
+    }
+
+    fn ended(&mut self, slot: usize, failed: bool) {
+        let tag = self.tag(slot);
+        let Some(proc_) = self.procs.get_mut(&slot) else {
+            return;
+        };
+        if let Capture::Spool(spool) = &proc_.capture {
+            self.outputs.settle_spool(&tag, spool, failed);
+            proc_.capture = Capture::None;
+        }
+        if log::log_enabled!(log::Level::Debug) && platform::group_alive(proc_.pid) {
+            debug!("{tag}: processes left in its group keep running and keep the lock");
+        }
+    }
+
+    fn close_output(&mut self, slot: usize) {
+        let tag = self.tag(slot);
+        let Some(proc_) = self.procs.get_mut(&slot) else {
+            return;
+        };
+        if let Capture::Pipe(pipe) = &mut proc_.capture {
+            self.outputs.read_pipe(&tag, pipe);
+            self.outputs.finish_pipe(&tag, pipe);
+            proc_.capture = Capture::None;
+        }
+    }
+
+    fn forget(&mut self, slot: usize) {
+        if let Some(proc_) = self.procs.remove(&slot)
+            && !proc_.reaped
+        {
+            self.by_pid.remove(&proc_.pid);
+        }
+    }
+
+    fn pending(&self) -> Option<Instant> {
+        self.hung.iter().map(|h| h.kill_at).min()
+    }
+}
+
+/// The lock file's identity, for recognising the processes that hold it.
+fn lock_file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    Some(FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+fn signal_group(pgid: i32, sig: i32, tag: &str) {
+    if let Err(err) = platform::kill_group(pgid, sig) {
+        warn!(
+            "{tag}: cannot send {} to process group {pgid}: {err}",
+            platform::signal_name(sig)
+        );
+    }
+}

@@ -1,0 +1,687 @@
+//! The engine's decisions, driven through a fake host on a fake clock: no
+//! processes, no sleeping, exact instants.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::engine::Engine;
+use super::host::{Event, Host, Started};
+use super::{Observer, Options};
+use crate::plan::{Entry, Plan};
+use crate::platform::ExitStatus;
+use crate::report::{Outcome, Report, Skip, TaskResult};
+
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// How a fake task behaves.
+#[derive(Clone, Debug)]
+struct Script {
+    /// `None`: runs until killed.
+    runs_for: Option<Duration>,
+    status: ExitStatus,
+    ignores_term: bool,
+    /// What starting it does: results handed out in turn, the last repeated.
+    start: Vec<FakeStart>,
+    /// Its output stays open this long after the leader exits (`None`: it
+    /// has no relayed output).
+    output_lingers: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+enum FakeStart {
+    Run,
+    Busy,
+    Fail { again: bool },
+}
+
+impl Default for Script {
+    fn default() -> Script {
+        Script {
+            runs_for: Some(secs(0.1)),
+            status: ExitStatus::Code(0),
+            ignores_term: false,
+            start: vec![FakeStart::Run],
+            output_lingers: None,
+        }
+    }
+}
+
+/// What the engine asked the host to do, with the fake time it happened at.
+#[derive(Debug, Clone, PartialEq)]
+enum Call {
+    Start(usize),
+    Signal(usize, i32),
+    Ended(usize, bool),
+    CloseOutput(usize),
+}
+
+struct Running {
+    exit_at: Option<Instant>,
+    status: ExitStatus,
+    ignores_term: bool,
+    output_until: Option<Option<Instant>>,
+    exited: bool,
+}
+
+struct Fake {
+    base: Instant,
+    now: Instant,
+    scripts: HashMap<usize, Script>,
+    attempts: HashMap<usize, usize>,
+    running: HashMap<usize, Running>,
+    /// Stop signals scatter receives, at offsets from the start.
+    stops: Vec<(Duration, i32)>,
+    calls: Vec<(Duration, Call)>,
+    waits: usize,
+}
+
+impl Fake {
+    fn new(scripts: HashMap<usize, Script>) -> Fake {
+        let base = Instant::now();
+        Fake {
+            base,
+            now: base,
+            scripts,
+            attempts: HashMap::new(),
+            running: HashMap::new(),
+            stops: Vec::new(),
+            calls: Vec::new(),
+            waits: 0,
+        }
+    }
+
+    fn log(&mut self, call: Call) {
+        let at = self.now - self.base;
+        self.calls.push((at, call));
+    }
+
+    fn collect(&mut self, events: &mut Vec<Event>) {
+        let now = self.now;
+        let mut slots: Vec<usize> = self.running.keys().copied().collect();
+        slots.sort_unstable();
+        for slot in slots {
+            let r = self.running.get_mut(&slot).unwrap();
+            if !r.exited && r.exit_at.is_some_and(|t| t <= now) {
+                r.exited = true;
+                events.push(Event::Exited {
+                    slot,
+                    status: r.status,
+                });
+            }
+            if r.exited
+                && let Some(Some(until)) = r.output_until
+                && until <= now
+            {
+                r.output_until = None;
+                events.push(Event::OutputClosed { slot });
+            }
+        }
+    }
+
+    fn next_event(&self) -> Option<Instant> {
+        let exits = self.running.values().filter_map(|r| {
+            if !r.exited {
+                r.exit_at
+            } else {
+                r.output_until.flatten()
+            }
+        });
+        let stops = self
+            .stops
+            .iter()
+            .map(|(at, _)| self.base + *at)
+            .filter(|t| *t > self.now);
+        exits.chain(stops).min()
+    }
+}
+
+impl Host for &mut Fake {
+    fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn stops(&self) -> (usize, i32) {
+        let now = self.now - self.base;
+        let seen: Vec<_> = self.stops.iter().filter(|(at, _)| *at <= now).collect();
+        (seen.len(), seen.last().map_or(0, |(_, sig)| *sig))
+    }
+
+    fn start(&mut self, entry: &Entry) -> Started {
+        let slot = entry.slot;
+        self.log(Call::Start(slot));
+        let script = self.scripts.get(&slot).cloned().unwrap_or_default();
+        let n = self.attempts.entry(slot).or_default();
+        let what = script.start[(*n).min(script.start.len() - 1)].clone();
+        *n += 1;
+        match what {
+            FakeStart::Busy => Started::Skipped(Skip::Locked("pid 7".into())),
+            FakeStart::Fail { again } => Started::Failed {
+                reason: "no".into(),
+                code: 126,
+                again,
+            },
+            FakeStart::Run => {
+                let now = self.now;
+                self.running.insert(
+                    slot,
+                    Running {
+                        exit_at: script.runs_for.map(|d| now + d),
+                        status: script.status,
+                        ignores_term: script.ignores_term,
+                        output_until: script
+                            .output_lingers
+                            .map(|d| script.runs_for.map(|r| now + r + d)),
+                        exited: false,
+                    },
+                );
+                Started::Running {
+                    pid: 1000 + slot as i32,
+                    wall: SystemTime::now(),
+                    output: script.output_lingers.is_some(),
+                }
+            }
+        }
+    }
+
+    fn signal(&mut self, slots: &[usize], sig: i32) {
+        let mut slots = slots.to_vec();
+        slots.sort_unstable();
+        for slot in slots {
+            self.log(Call::Signal(slot, sig));
+            let now = self.now;
+            if let Some(r) = self.running.get_mut(&slot)
+                && !r.exited
+                && (sig == SIGKILL || !r.ignores_term)
+            {
+                r.exit_at = Some(now);
+                r.status = ExitStatus::Signal(sig);
+            }
+        }
+    }
+
+    fn reap(&mut self, events: &mut Vec<Event>) {
+        self.collect(events);
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>, events: &mut Vec<Event>) {
+        self.waits += 1;
+        assert!(self.waits < 10_000, "the engine does not make progress");
+        let next = [deadline, self.next_event()].into_iter().flatten().min();
+        let next = next.expect("the engine would sleep forever");
+        self.now = self.now.max(next);
+        self.collect(events);
+    }
+
+    fn ended(&mut self, slot: usize, failed: bool) {
+        self.log(Call::Ended(slot, failed));
+    }
+
+    fn close_output(&mut self, slot: usize) {
+        self.log(Call::CloseOutput(slot));
+        if let Some(r) = self.running.get_mut(&slot) {
+            r.output_until = None;
+        }
+    }
+
+    fn forget(&mut self, _slot: usize) {}
+
+    fn pending(&self) -> Option<Instant> {
+        None
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    started: Vec<usize>,
+    ended: Vec<(usize, String)>,
+}
+
+impl Observer for Seen {
+    fn started(&mut self, slot: usize) {
+        self.started.push(slot);
+    }
+    fn ended(&mut self, slot: usize, result: &TaskResult) {
+        self.ended.push((slot, result.outcome.kind().to_string()));
+    }
+}
+
+fn plan(n: usize, window: Duration) -> Plan {
+    let ids: Vec<OsString> = (0..n).map(|i| format!("t{i}").into()).collect();
+    Plan::for_tests(PathBuf::from("/srv/instances"), ids, window)
+}
+
+fn run(plan: &Plan, fake: &mut Fake, opts: &Options) -> (Report, Seen) {
+    let mut seen = Seen::default();
+    let start = fake.base;
+    let report = Engine::new(fake, plan, start, opts, &mut seen).run();
+    (report, seen)
+}
+
+fn kinds(report: &Report) -> Vec<&'static str> {
+    report.results.iter().map(|r| r.outcome.kind()).collect()
+}
+
+fn calls_of(fake: &Fake, pick: impl Fn(&Call) -> bool) -> Vec<(f64, Call)> {
+    fake.calls
+        .iter()
+        .filter(|(_, c)| pick(c))
+        .map(|(at, c)| ((at.as_secs_f64() * 1000.0).round() / 1000.0, c.clone()))
+        .collect()
+}
+
+fn starts(fake: &Fake) -> Vec<(f64, Call)> {
+    calls_of(fake, |c| matches!(c, Call::Start(_)))
+}
+
+fn signals(fake: &Fake) -> Vec<(f64, Call)> {
+    calls_of(fake, |c| matches!(c, Call::Signal(..)))
+}
+
+#[test]
+fn starts_go_out_at_their_slots_in_plan_order() {
+    let plan = plan(4, secs(4.0));
+    let mut fake = Fake::new(HashMap::new());
+    let (report, seen) = run(&plan, &mut fake, &Options::default());
+    assert_eq!(
+        starts(&fake),
+        [
+            (0.0, Call::Start(0)),
+            (1.0, Call::Start(1)),
+            (2.0, Call::Start(2)),
+            (3.0, Call::Start(3))
+        ]
+    );
+    assert_eq!(kinds(&report), ["ok"; 4]);
+    assert_eq!(seen.started, [0, 1, 2, 3]);
+    assert_eq!(report.max_lateness().map(|(_, l)| l), Some(Duration::ZERO));
+}
+
+#[test]
+fn the_cap_holds_starts_back_and_the_schedule_then_resumes() {
+    let plan = plan(4, secs(4.0));
+    let long = Script {
+        runs_for: Some(secs(2.5)),
+        ..Script::default()
+    };
+    let scripts = HashMap::from([(0, long.clone()), (1, long)]);
+    let mut fake = Fake::new(scripts);
+    let opts = Options {
+        max_concurrent: NonZeroUsize::new(1),
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    // Slot 1 waits for slot 0 (ends at 2.5), slot 2 for slot 1 (ends at
+    // 5.0); slot 3's own deadline (3.0) has passed by then, so it follows
+    // as soon as slot 2 (0.1 s) is done.
+    assert_eq!(
+        starts(&fake),
+        [
+            (0.0, Call::Start(0)),
+            (2.5, Call::Start(1)),
+            (5.0, Call::Start(2)),
+            (5.1, Call::Start(3))
+        ]
+    );
+    assert_eq!(report.cap_delayed, 3);
+    assert_eq!(kinds(&report), ["ok"; 4]);
+}
+
+#[test]
+fn a_timeout_sends_sigterm_then_sigkill_after_the_grace_period() {
+    let plan = plan(1, secs(1.0));
+    let stubborn = Script {
+        runs_for: None,
+        ignores_term: true,
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, stubborn)]));
+    let opts = Options {
+        timeout: Some(secs(5.0)),
+        kill_after: secs(2.0),
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(
+        signals(&fake),
+        [
+            (5.0, Call::Signal(0, SIGTERM)),
+            (7.0, Call::Signal(0, SIGKILL))
+        ]
+    );
+    assert_eq!(kinds(&report), ["timed_out"]);
+    assert_eq!(report.results[0].duration, Some(secs(7.0)));
+}
+
+#[test]
+fn a_timed_out_leader_that_exits_on_sigterm_still_gets_its_group_killed() {
+    let plan = plan(1, secs(1.0));
+    let polite = Script {
+        runs_for: None,
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, polite)]));
+    let opts = Options {
+        timeout: Some(secs(5.0)),
+        kill_after: secs(2.0),
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    // Children left in the group would keep the lock: the SIGKILL still
+    // goes out (the host checks the group is still the task's).
+    assert_eq!(
+        signals(&fake),
+        [
+            (5.0, Call::Signal(0, SIGTERM)),
+            (7.0, Call::Signal(0, SIGKILL))
+        ]
+    );
+    assert_eq!(kinds(&report), ["timed_out"]);
+}
+
+#[test]
+fn kill_after_zero_kills_at_once() {
+    let plan = plan(1, secs(1.0));
+    let script = Script {
+        runs_for: None,
+        ignores_term: true,
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, script)]));
+    let opts = Options {
+        timeout: Some(secs(3.0)),
+        kill_after: Duration::ZERO,
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(signals(&fake), [(3.0, Call::Signal(0, SIGKILL))]);
+    assert_eq!(kinds(&report), ["timed_out"]);
+}
+
+#[test]
+fn a_timer_never_reaches_a_task_other_than_its_own() {
+    // Slot 0 ends long before its timeout; slot 1 runs past slot 0's
+    // timeout but not its own. Nothing is signalled.
+    let plan = plan(2, secs(2.0));
+    let scripts = HashMap::from([
+        (
+            0,
+            Script {
+                runs_for: Some(secs(0.5)),
+                ..Script::default()
+            },
+        ),
+        (
+            1,
+            Script {
+                runs_for: Some(secs(2.5)),
+                ..Script::default()
+            },
+        ),
+    ]);
+    let mut fake = Fake::new(scripts);
+    let opts = Options {
+        timeout: Some(secs(3.0)),
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(signals(&fake), []);
+    assert_eq!(kinds(&report), ["ok", "ok"]);
+}
+
+#[test]
+fn a_stop_signal_is_forwarded_then_escalated_and_the_rest_is_not_started() {
+    let plan = plan(4, secs(4.0));
+    let stubborn = Script {
+        runs_for: None,
+        ignores_term: true,
+        ..Script::default()
+    };
+    let scripts = HashMap::from([(0, stubborn.clone()), (1, stubborn)]);
+    let mut fake = Fake::new(scripts);
+    fake.stops.push((secs(1.5), SIGTERM));
+    let opts = Options {
+        kill_after: secs(2.0),
+        ..Options::default()
+    };
+    let (report, seen) = run(&plan, &mut fake, &opts);
+    assert_eq!(
+        starts(&fake),
+        [(0.0, Call::Start(0)), (1.0, Call::Start(1))]
+    );
+    assert_eq!(
+        signals(&fake),
+        [
+            (1.5, Call::Signal(0, SIGTERM)),
+            (1.5, Call::Signal(1, SIGTERM)),
+            (3.5, Call::Signal(0, SIGKILL)),
+            (3.5, Call::Signal(1, SIGKILL)),
+        ]
+    );
+    assert_eq!(
+        kinds(&report),
+        ["killed", "killed", "not_started", "not_started"]
+    );
+    assert_eq!(report.stopped_by, Some(SIGTERM));
+    assert_eq!(seen.ended.len(), 4, "every instance accounted for");
+}
+
+#[test]
+fn a_second_stop_signal_kills_at_once() {
+    let plan = plan(1, secs(1.0));
+    let stubborn = Script {
+        runs_for: None,
+        ignores_term: true,
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, stubborn)]));
+    fake.stops.push((secs(1.0), SIGTERM));
+    fake.stops.push((secs(1.2), SIGINT));
+    let opts = Options {
+        kill_after: secs(10.0),
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(
+        signals(&fake),
+        [
+            (1.0, Call::Signal(0, SIGTERM)),
+            (1.2, Call::Signal(0, SIGKILL))
+        ]
+    );
+    assert_eq!(kinds(&report), ["killed"]);
+    // The first signal decides the exit code.
+    assert_eq!(report.stopped_by, Some(SIGTERM));
+}
+
+const SIGINT: i32 = 2;
+
+#[test]
+fn a_busy_lock_is_a_skip_and_a_failed_spawn_a_failed_start() {
+    let plan = plan(3, secs(3.0));
+    let scripts = HashMap::from([
+        (
+            0,
+            Script {
+                start: vec![FakeStart::Busy],
+                ..Script::default()
+            },
+        ),
+        (
+            1,
+            Script {
+                start: vec![FakeStart::Fail { again: false }],
+                ..Script::default()
+            },
+        ),
+    ]);
+    let mut fake = Fake::new(scripts);
+    let (report, seen) = run(&plan, &mut fake, &Options::default());
+    assert_eq!(kinds(&report), ["skipped", "failed_to_start", "ok"]);
+    assert_eq!(
+        starts(&fake).len(),
+        3,
+        "a plain failure is not retried: {:?}",
+        fake.calls
+    );
+    assert_eq!(seen.started, [2]);
+    assert!(matches!(
+        report.results[1].outcome,
+        Outcome::FailedToStart { code: 126, .. }
+    ));
+}
+
+#[test]
+fn a_start_that_hits_a_process_limit_is_retried_once() {
+    let plan = plan(2, secs(2.0));
+    let scripts = HashMap::from([
+        (
+            0,
+            Script {
+                start: vec![FakeStart::Fail { again: true }, FakeStart::Run],
+                ..Script::default()
+            },
+        ),
+        (
+            1,
+            Script {
+                start: vec![FakeStart::Fail { again: true }],
+                ..Script::default()
+            },
+        ),
+    ]);
+    let mut fake = Fake::new(scripts);
+    let (report, _) = run(&plan, &mut fake, &Options::default());
+    assert_eq!(kinds(&report), ["ok", "failed_to_start"]);
+    assert_eq!(
+        starts(&fake),
+        [
+            (0.0, Call::Start(0)),
+            (0.0, Call::Start(0)),
+            (1.0, Call::Start(1)),
+            (1.0, Call::Start(1))
+        ]
+    );
+}
+
+#[test]
+fn retries_are_bounded_per_run() {
+    let n = 400;
+    let plan = plan(n, secs(1.0));
+    let never = Script {
+        start: vec![FakeStart::Fail { again: true }],
+        ..Script::default()
+    };
+    let scripts = (0..n).map(|slot| (slot, never.clone())).collect();
+    let mut fake = Fake::new(scripts);
+    let (report, _) = run(&plan, &mut fake, &Options::default());
+    assert!(kinds(&report).iter().all(|k| *k == "failed_to_start"));
+    assert_eq!(starts(&fake).len(), n + super::engine::RETRY_BUDGET);
+}
+
+#[test]
+fn output_is_read_after_the_leader_exits_but_only_for_the_grace_period() {
+    let plan = plan(2, secs(2.0));
+    let scripts = HashMap::from([
+        (
+            0,
+            Script {
+                runs_for: Some(secs(0.5)),
+                output_lingers: Some(secs(0.2)),
+                ..Script::default()
+            },
+        ),
+        (
+            1,
+            Script {
+                runs_for: Some(secs(0.5)),
+                // A background child keeps the pipe open for good.
+                output_lingers: Some(secs(1000.0)),
+                ..Script::default()
+            },
+        ),
+    ]);
+    let mut fake = Fake::new(scripts);
+    let opts = Options {
+        kill_after: secs(3.0),
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report), ["ok", "ok"]);
+    assert_eq!(
+        calls_of(&fake, |c| matches!(c, Call::CloseOutput(_))),
+        [(4.5, Call::CloseOutput(1))]
+    );
+    assert!(fake.now - fake.base < secs(5.0));
+}
+
+#[test]
+fn failed_tasks_are_reported_to_the_host_as_failed() {
+    let plan = plan(2, secs(2.0));
+    let scripts = HashMap::from([(
+        1,
+        Script {
+            status: ExitStatus::Code(3),
+            ..Script::default()
+        },
+    )]);
+    let mut fake = Fake::new(scripts);
+    let (report, _) = run(&plan, &mut fake, &Options::default());
+    assert_eq!(kinds(&report), ["ok", "failed"]);
+    assert_eq!(
+        calls_of(&fake, |c| matches!(c, Call::Ended(..))),
+        [(0.1, Call::Ended(0, false)), (1.1, Call::Ended(1, true))]
+    );
+}
+
+#[test]
+fn detach_returns_after_the_last_start() {
+    let plan = plan(2, secs(2.0));
+    let forever = Script {
+        runs_for: None,
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, forever.clone()), (1, forever)]));
+    let opts = Options {
+        detach: true,
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report), ["detached", "detached"]);
+    assert_eq!(signals(&fake), []);
+    assert_eq!(fake.now - fake.base, secs(1.0));
+}
+
+#[test]
+fn durations_at_their_largest_never_overflow() {
+    let plan = plan(2, crate::cli::MAX_DURATION);
+    let forever = Script {
+        runs_for: None,
+        ignores_term: true,
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, forever)]));
+    fake.stops.push((secs(1.0), SIGTERM));
+    let opts = Options {
+        timeout: Some(Duration::MAX),
+        kill_after: Duration::MAX,
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &{
+        let mut o = opts.clone();
+        o.kill_after = crate::cli::MAX_DURATION;
+        o
+    });
+    assert_eq!(report.stopped_by, Some(SIGTERM));
+    // And with no limit on the arithmetic at all, nothing panics either.
+    let mut fake = Fake::new(HashMap::new());
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report)[0], "ok");
+}

@@ -1,0 +1,211 @@
+//! Records other writers control: the state files and the lock files'
+//! holder records. Whatever they hold (extreme numbers, fields of the wrong
+//! type, arbitrary bytes), reading them never panics, and `scatter status`
+//! renders every one, as text and as JSON.
+
+use std::ffi::OsStr;
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+use proptest::sample::select;
+use serde_json::{Value, json};
+
+use scatter::lock::Holder;
+use scatter::state::StateDir;
+use scatter::status;
+
+/// Values that break naive readers: the extremes of every numeric type,
+/// negatives, NaN and infinities as strings, and values of the wrong shape.
+fn nasty() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        select(vec![
+            json!(1e308),
+            json!(-1e308),
+            json!(-1e300),
+            json!(1e300),
+            json!(u64::MAX),
+            json!(u32::MAX),
+            json!(i64::MIN),
+            json!(-1),
+            json!(0),
+            json!(0.5),
+            json!("NaN"),
+            json!("inf"),
+            json!("-Infinity"),
+            json!(null),
+            json!(true),
+            json!([1, 2]),
+            json!({"a": 1}),
+            json!("ok"),
+            json!("timed_out"),
+            json!("running"),
+            json!(""),
+        ]),
+        any::<f64>().prop_map(|x| json!(x)),
+        any::<i64>().prop_map(|x| json!(x)),
+        "[ -~]{0,12}".prop_map(|s| json!(s)),
+    ]
+}
+
+const INSTANCE_FIELDS: &[&str] = &[
+    "id",
+    "id_hex",
+    "outcome",
+    "exit_code",
+    "signal",
+    "reason",
+    "last_start",
+    "last_end",
+    "last_duration_secs",
+    "last_success",
+    "consecutive_failures",
+    "last_skip_reason",
+    "last_skip_at",
+    "trigger",
+    "updated",
+];
+
+const RUN_FIELDS: &[&str] = &[
+    "format",
+    "run_id",
+    "name",
+    "pid",
+    "pid_starttime",
+    "trigger",
+    "instances_dir",
+    "lock_dir",
+    "started",
+    "spread_end",
+    "window_secs",
+    "shard",
+    "count",
+    "started_count",
+    "running",
+    "finished_count",
+    "counts",
+    "state",
+    "stopped_by",
+    "ended",
+    "exit_code",
+    "max_lateness_secs",
+];
+
+fn record(fields: &'static [&'static str]) -> impl Strategy<Value = Value> {
+    proptest::collection::vec(nasty(), fields.len()).prop_map(move |values| {
+        Value::Object(
+            fields
+                .iter()
+                .zip(values)
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
+    })
+}
+
+/// Writes the files, then renders the status both ways.
+fn render(instances: &[u8], run: &[u8]) {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("runs")).unwrap();
+    std::fs::write(tmp.path().join("instances.json"), instances).unwrap();
+    std::fs::write(tmp.path().join("runs/20261129T000000.000Z-1.json"), run).unwrap();
+    let dir = StateDir::existing(tmp.path()).unwrap();
+    let locks = tmp.path().join("locks");
+    // A file that is not valid JSON is an error to report, not a panic.
+    if let Ok(s) = status::gather(&dir, OsStr::new("job"), Some(&locks), SystemTime::now()) {
+        let mut text = Vec::new();
+        status::write_text(&s, true, &mut text).unwrap();
+        serde_json::to_vec(&s).unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn status_renders_any_record(
+        instances in proptest::collection::btree_map("[a-z%0-9]{1,6}", record(INSTANCE_FIELDS), 0..4),
+        run in record(RUN_FIELDS),
+    ) {
+        let file = json!({"format": "scatter-instances/1", "instances": instances});
+        render(&serde_json::to_vec(&file).unwrap(), &serde_json::to_vec(&run).unwrap());
+    }
+
+    #[test]
+    fn status_renders_records_that_are_not_objects(
+        instance in nasty(),
+        run in nasty(),
+    ) {
+        let file = json!({"format": "scatter-instances/1", "instances": {"a": instance}});
+        render(&serde_json::to_vec(&file).unwrap(), &serde_json::to_vec(&run).unwrap());
+        let file = json!({"format": "scatter-instances/1", "instances": instance.clone()});
+        render(&serde_json::to_vec(&file).unwrap(), &serde_json::to_vec(&run).unwrap());
+    }
+
+    #[test]
+    fn status_survives_arbitrary_bytes(
+        instances in proptest::collection::vec(any::<u8>(), 0..200),
+        run in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        render(&instances, &run);
+    }
+
+    #[test]
+    fn holder_records_of_any_content_parse_or_are_refused(
+        line in proptest::collection::vec(
+            prop_oneof![
+                Just("scatter-holder/2".to_string()),
+                Just("scatter-holder/1".to_string()),
+                select(vec!["pid", "starttime", "started", "timeout", "grace", "run", "run_start", "x"])
+                    .prop_flat_map(|k| select(vec![
+                        "1", "0", "-1", "2", "4294967296", "18446744073709551615",
+                        "18446744073709551615.999999999", "1e308", "NaN", "none",
+                        "5-3", "3-5", "", "1.5", "99999999999999999999",
+                    ]).prop_map(move |v| format!("{k}={v}"))),
+                "[ -~]{0,10}",
+            ],
+            0..10,
+        )
+    ) {
+        let text = line.join(" ");
+        if let Some(h) = Holder::parse(&text) {
+            // Whatever was accepted is safe to act on.
+            prop_assert!(h.pid > 1, "{text}");
+            let _ = h.is_overdue(u64::MAX);
+            let _ = h.is_overdue(0);
+            let _ = h.describe(SystemTime::now());
+            let _ = h.describe(SystemTime::UNIX_EPOCH);
+            let _ = h.run_may_be_alive();
+            prop_assert_eq!(Holder::parse(&h.to_line()).map(|p| p.pid), Some(h.pid));
+        }
+    }
+
+    #[test]
+    fn holder_records_of_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = Holder::parse(&String::from_utf8_lossy(&bytes));
+    }
+}
+
+#[test]
+fn consecutive_failures_at_the_limit_stay_there() {
+    use scatter::report::{Outcome, TaskResult};
+    use scatter::state::{Event, InstanceRecord, Trigger, apply};
+    let mut record: InstanceRecord = serde_json::from_value(json!({
+        "id": "a", "outcome": "failed", "consecutive_failures": 4294967295u64
+    }))
+    .unwrap();
+    apply(
+        &mut record,
+        &Event {
+            id: "a".into(),
+            trigger: Trigger::Cron,
+            at: SystemTime::now(),
+            result: TaskResult {
+                outcome: Outcome::Failed(1),
+                started: Some(SystemTime::now()),
+                duration: Some(Duration::from_secs(1)),
+                lateness: None,
+            },
+        },
+    );
+    assert_eq!(record.consecutive_failures, u32::MAX);
+}
