@@ -26,10 +26,14 @@ fn counts_total(doc: &serde_json::Value) -> u64 {
 /// Makes the fixture usable by uid `nobody`: everything it needs to write
 /// belongs to nobody, the rest is world-readable.
 fn hand_to_nobody(fx: &Fixture) {
+    hand_to(fx, NOBODY);
+}
+
+fn hand_to(fx: &Fixture, uid: u32) {
     std::fs::set_permissions(fx.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     for dir in [&fx.locks, &fx.state(), &fx.rec] {
         std::fs::create_dir_all(dir).unwrap();
-        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+        std::os::unix::fs::chown(dir, Some(uid), Some(uid)).unwrap();
     }
 }
 
@@ -78,16 +82,19 @@ fn too_few_processes_fail_only_the_starts_that_hit_eagain() {
     if !util::privileged("run scatter under a dedicated uid with its own process limit") {
         return;
     }
+    // A uid of its own: RLIMIT_NPROC counts every process of the uid, and
+    // other tests run as nobody in parallel.
+    const UID: u32 = 61_106;
     let names: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
     let fx = Fixture::with(&names);
-    hand_to_nobody(&fx);
+    hand_to(&fx, UID);
     // RLIMIT_NPROC counts every process and thread of the uid: scatter, its
     // state writer and two sleeps fit, later starts get EAGAIN.
     let mut cmd = fx.run_wrapped(
         &["prlimit", "--nproc=4", "--"],
         &["--window", "200ms", "--format", "json", "--", "sleep", "2"],
     );
-    cmd.uid(NOBODY).gid(NOBODY);
+    cmd.uid(UID).gid(UID);
     let ran = run(&mut cmd, fx.tmp.path());
     ran.expect_code(1);
     let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).expect("JSON report");
