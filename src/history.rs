@@ -14,9 +14,10 @@ use log::warn;
 use crate::config::RunConfig;
 use crate::lockname::encode_id;
 use crate::metrics;
+use crate::outcome::{Outcome, RunState, TaskResult};
 use crate::plan::Plan;
 use crate::platform;
-use crate::report::{Outcome, Report, TaskResult, unix_secs};
+use crate::report::{Report, unix_secs};
 use crate::state::{self, Event, InstanceRecord, Progress, RunRecord, StateDir, Trigger, Writer};
 use crate::supervise::{Observer, RunStart};
 
@@ -59,7 +60,7 @@ impl<'a> History<'a> {
             window_secs: plan.window.as_secs_f64(),
             shard: plan.shard.map(|s| s.to_string()),
             count: plan.entries.len(),
-            state: "running".into(),
+            state: RunState::Running,
             ..RunRecord::default()
         });
         let writer = cfg.state_dir.as_deref().and_then(|path| {
@@ -92,11 +93,10 @@ impl<'a> History<'a> {
         let ended = SystemTime::now();
         self.run.update(|run| {
             run.state = if report.stopped_by.is_some() {
-                "aborted"
+                RunState::Aborted
             } else {
-                "finished"
-            }
-            .into();
+                RunState::Finished
+            };
             run.stopped_by = report.stopped_by;
             run.ended = Some(unix_secs(ended));
             run.exit_code = Some(exit_code);
@@ -158,7 +158,7 @@ impl Observer for History<'_> {
                 run.finished_count += 1;
             }
             *run.counts
-                .entry(result.outcome.kind().to_string())
+                .entry(result.outcome.kind().name().to_string())
                 .or_default() += 1;
         });
         let event = Event {

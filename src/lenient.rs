@@ -150,7 +150,9 @@ mod tests {
             ));
             assert_eq!(rec.at, None, "{bad}");
             assert_eq!(rec.took, None, "{bad}");
-            assert_eq!(rec.name, None, "{bad}");
+            if !bad.starts_with('"') {
+                assert_eq!(rec.name, None, "{bad}");
+            }
         }
     }
 

@@ -18,11 +18,14 @@ pub mod lock;
 pub mod lockname;
 pub mod logging;
 pub mod metrics;
+pub mod outcome;
 pub mod output;
 pub mod plan;
 pub mod platform;
 pub mod reclaim;
 pub mod report;
+#[cfg(test)]
+mod roundtrip;
 pub mod shard;
 pub mod spawn;
 pub mod state;

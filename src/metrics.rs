@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::report::{KINDS, Report};
+use crate::report::Report;
 use crate::state::{self, InstanceRecord};
 
 /// Everything one metrics file says.
@@ -58,15 +58,9 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &[(job.clone(), s.report.results.len() as f64)],
     );
     let counts = s.report.counts();
-    let per_outcome: Vec<(String, f64)> = KINDS
+    let per_outcome: Vec<(String, f64)> = counts
         .iter()
-        .map(|kind| {
-            let n = counts
-                .iter()
-                .find(|(k, _)| k == kind)
-                .map_or(0, |(_, n)| *n);
-            (format!("{job},outcome=\"{kind}\""), n as f64)
-        })
+        .map(|(kind, n)| (format!("{job},outcome=\"{kind}\""), *n as f64))
         .collect();
     gauge(
         &mut out,
@@ -96,12 +90,10 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &mut out,
         "scatter_instance_last_exit_code",
         "Exit status of the instance's last task: 124 for a timeout, 128+N for a signal.",
-        &per_instance(&|r| match r.outcome.as_deref() {
-            Some("timed_out") => Some(124.0),
-            _ => r
-                .exit_code
+        &per_instance(&|r| {
+            r.last_outcome()
+                .and_then(|o| o.shell_status())
                 .map(f64::from)
-                .or(r.signal.map(|sig| 128.0 + f64::from(sig))),
         }),
     );
     gauge(

@@ -1,126 +1,22 @@
-//! Outcomes, the end-of-run summary and the exit code they lead to.
+//! The end-of-run report: the summary, the JSON document and the exit code
+//! the outcomes lead to.
 //!
-//! Every instance in the plan ends a run in exactly one [`Outcome`]; nothing
-//! is dropped. A successful run prints nothing (cron mails any output). A run
-//! with failures prints one line per failed instance and one summary line on
-//! stderr, and `--format json` prints the whole report on stdout.
+//! Every instance in the plan ends a run in exactly one outcome
+//! ([`crate::outcome`]); nothing is dropped. A successful run prints nothing
+//! (cron mails any output). A run with failures or skips worth knowing
+//! prints one line per such instance and one summary line on stderr, and
+//! `--format json` prints the whole report on stdout.
 
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::display::{self, quoted};
+use crate::display::quoted;
 use crate::exit;
+use crate::outcome::{Kind, Outcome, Skip, TaskResult};
 use crate::plan::Plan;
 use crate::platform::signal_name;
-
-/// Why an instance was skipped. Skips are not failures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Skip {
-    /// Its lock is held by another process (described).
-    Locked(String),
-    /// Its lock was held by a task past its timeout whose run had died; that
-    /// task's group was killed, and the next window runs the instance.
-    KilledHungHolder(String),
-    /// Its directory was removed between the plan and its slot.
-    Vanished,
-}
-
-impl Skip {
-    /// The reason, as shown in reports.
-    pub fn reason(&self) -> String {
-        match self {
-            Skip::Locked(holder) => format!("locked by {holder}"),
-            Skip::KilledHungHolder(holder) => format!("killed a hung holder: {holder}"),
-            Skip::Vanished => "its directory no longer exists".to_string(),
-        }
-    }
-}
-
-/// How one instance ended this run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    /// Exited with a non-zero status.
-    Failed(i32),
-    /// Killed by a signal (not by our timeout).
-    Killed(i32),
-    /// Stopped by `--timeout`.
-    TimedOut,
-    Skipped(Skip),
-    /// The lock or the spawn failed; `code` is the `--only` exit code.
-    FailedToStart {
-        reason: String,
-        code: u8,
-    },
-    /// Scatter was stopped before this instance's slot.
-    NotStarted,
-    /// Started under `--detach`; its end was not waited for.
-    Detached,
-}
-
-impl Outcome {
-    /// Whether this outcome makes the run fail.
-    pub fn is_failure(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Failed(_)
-                | Outcome::Killed(_)
-                | Outcome::TimedOut
-                | Outcome::FailedToStart { .. }
-        )
-    }
-
-    /// The stable name used in JSON and summaries.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed(_) => "failed",
-            Outcome::Killed(_) => "killed",
-            Outcome::TimedOut => "timed_out",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::FailedToStart { .. } => "failed_to_start",
-            Outcome::NotStarted => "not_started",
-            Outcome::Detached => "detached",
-        }
-    }
-}
-
-/// Every outcome kind, in summary order.
-pub const KINDS: [&str; 8] = [
-    "ok",
-    "failed",
-    "killed",
-    "timed_out",
-    "failed_to_start",
-    "skipped",
-    "not_started",
-    "detached",
-];
-
-/// What happened to one planned instance.
-#[derive(Debug, Clone)]
-pub struct TaskResult {
-    pub outcome: Outcome,
-    /// Wall-clock start, if it started.
-    pub started: Option<SystemTime>,
-    /// Run time of the task's leader, if it started and ended.
-    pub duration: Option<Duration>,
-    /// How late the start was against its slot.
-    pub lateness: Option<Duration>,
-}
-
-impl TaskResult {
-    pub fn new(outcome: Outcome) -> TaskResult {
-        TaskResult {
-            outcome,
-            started: None,
-            duration: None,
-            lateness: None,
-        }
-    }
-}
 
 /// The whole run's results, indexed by slot.
 #[derive(Debug)]
@@ -137,9 +33,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// How many instances ended in each kind, in [`KINDS`] order.
-    pub fn counts(&self) -> Vec<(&'static str, usize)> {
-        KINDS
+    /// How many instances ended in each kind, in [`Kind::ALL`] order.
+    pub fn counts(&self) -> Vec<(Kind, usize)> {
+        Kind::ALL
             .iter()
             .map(|k| {
                 (
@@ -168,10 +64,13 @@ impl Report {
         }
         if plan.manual && self.results.len() == 1 {
             return match &self.results[0].outcome {
-                Outcome::Ok => exit::OK,
-                Outcome::Failed(code) => (*code & 0xff) as u8,
-                Outcome::Killed(sig) => exit::SIGNAL_BASE.saturating_add(*sig as u8),
-                Outcome::TimedOut => exit::TIMED_OUT,
+                outcome @ (Outcome::Ok
+                | Outcome::Failed(_)
+                | Outcome::Killed(_)
+                | Outcome::TimedOut) => {
+                    // As a shell reports it, in the 0..=255 an exit code has.
+                    (outcome.shell_status().unwrap_or(1) & 0xff) as u8
+                }
                 Outcome::Skipped(Skip::Vanished) => exit::FAILURE,
                 Outcome::Skipped(_) => exit::LOCKED,
                 Outcome::FailedToStart { code, .. } => *code,
@@ -203,7 +102,7 @@ impl Report {
             return Ok(());
         }
         for (entry, result) in plan.entries.iter().zip(&self.results) {
-            if let Some(line) = describe(result, self.timeout) {
+            if let Some(line) = result.report_line(self.timeout) {
                 writeln!(out, "scatter: {}: {line}", quoted(&entry.id))?;
             }
         }
@@ -211,7 +110,7 @@ impl Report {
             .counts()
             .into_iter()
             .filter(|(_, n)| *n > 0)
-            .map(|(kind, n)| format!("{n} {}", kind.replace('_', " ")))
+            .map(|(kind, n)| format!("{n} {}", kind.words()))
             .collect();
         let total = self.results.len();
         let head = match self.stopped_by {
@@ -228,7 +127,7 @@ impl Report {
         struct Instance {
             slot: usize,
             id: String,
-            outcome: &'static str,
+            outcome: Kind,
             #[serde(skip_serializing_if = "Option::is_none")]
             exit_code: Option<i32>,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -256,27 +155,16 @@ impl Report {
             .entries
             .iter()
             .zip(&self.results)
-            .map(|(entry, r)| {
-                let (exit_code, signal, reason) = match &r.outcome {
-                    Outcome::Ok => (Some(0), None, None),
-                    Outcome::Failed(c) => (Some(*c), None, None),
-                    Outcome::Killed(s) => (None, Some(*s), None),
-                    Outcome::TimedOut => (None, None, None),
-                    Outcome::Skipped(skip) => (None, None, Some(skip.reason())),
-                    Outcome::FailedToStart { reason, .. } => (None, None, Some(reason.clone())),
-                    Outcome::NotStarted | Outcome::Detached => (None, None, None),
-                };
-                Instance {
-                    slot: entry.slot,
-                    id: entry.id.to_string_lossy().into_owned(),
-                    outcome: r.outcome.kind(),
-                    exit_code,
-                    signal,
-                    reason,
-                    started: r.started.map(unix_secs),
-                    duration_secs: r.duration.map(|d| d.as_secs_f64()),
-                    lateness_secs: r.lateness.map(|d| d.as_secs_f64()),
-                }
+            .map(|(entry, r)| Instance {
+                slot: entry.slot,
+                id: entry.id.to_string_lossy().into_owned(),
+                outcome: r.outcome.kind(),
+                exit_code: r.outcome.exit_code(),
+                signal: r.outcome.signal(),
+                reason: r.outcome.reason(),
+                started: r.started.map(unix_secs),
+                duration_secs: r.duration.map(|d| d.as_secs_f64()),
+                lateness_secs: r.lateness.map(|d| d.as_secs_f64()),
             })
             .collect();
         let doc = Doc {
@@ -289,7 +177,7 @@ impl Report {
             counts: self
                 .counts()
                 .into_iter()
-                .map(|(k, n)| (k.to_string(), n.into()))
+                .map(|(k, n)| (k.name().to_string(), n.into()))
                 .collect(),
             max_lateness_secs: self.max_lateness().map(|(_, l)| l.as_secs_f64()),
             delayed_by_cap: self.cap_delayed,
@@ -298,26 +186,6 @@ impl Report {
         serde_json::to_writer(&mut *out, &doc)?;
         writeln!(out)
     }
-}
-
-/// The report line for one instance, without the id; `None` for outcomes
-/// that need no line (ok, not started, detached).
-pub fn describe(r: &TaskResult, timeout: Option<Duration>) -> Option<String> {
-    let after = r
-        .duration
-        .map(|d| format!(" after {}", display::duration(d)))
-        .unwrap_or_default();
-    Some(match &r.outcome {
-        Outcome::Failed(code) => format!("exited with status {code}{after}"),
-        Outcome::Killed(sig) => format!("killed by {}{after}", signal_name(*sig)),
-        Outcome::TimedOut => match timeout {
-            Some(t) => format!("timed out{after} (limit {})", humantime::format_duration(t)),
-            None => format!("timed out{after}"),
-        },
-        Outcome::FailedToStart { reason, .. } => format!("failed to start: {reason}"),
-        Outcome::Skipped(skip) => format!("skipped: {}", skip.reason()),
-        Outcome::Ok | Outcome::NotStarted | Outcome::Detached => return None,
-    })
 }
 
 /// Seconds since the epoch, with fraction.

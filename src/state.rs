@@ -42,7 +42,8 @@ use crate::display::quoted;
 use crate::exit::Fatal;
 use crate::lenient;
 use crate::lockname::encode_id;
-use crate::report::{Outcome, TaskResult, unix_secs};
+use crate::outcome::{Kind, Outcome, RunState, TaskResult};
+use crate::report::unix_secs;
 
 /// Where records go when nothing else is said: for root, and anyone who
 /// may write there.
@@ -82,7 +83,7 @@ pub struct InstanceRecord {
     /// `killed`, `timed_out`, `failed_to_start` or `detached`. Skips are
     /// kept apart, in `last_skip_*`.
     #[serde(deserialize_with = "lenient::or_default")]
-    pub outcome: Option<String>,
+    pub outcome: Option<Kind>,
     #[serde(deserialize_with = "lenient::or_default")]
     pub exit_code: Option<i32>,
     #[serde(deserialize_with = "lenient::or_default")]
@@ -113,9 +114,17 @@ pub struct InstanceRecord {
 impl InstanceRecord {
     /// Whether the last outcome is a failure.
     pub fn failing(&self) -> bool {
-        matches!(
-            self.outcome.as_deref(),
-            Some("failed" | "killed" | "timed_out" | "failed_to_start")
+        self.outcome.is_some_and(Kind::is_failure)
+    }
+
+    /// The last outcome, rebuilt from what the record keeps of it; `None`
+    /// if it never ran or its outcome is one this build does not know.
+    pub fn last_outcome(&self) -> Option<Outcome> {
+        Outcome::from_parts(
+            self.outcome?,
+            self.exit_code,
+            self.signal,
+            self.reason.as_deref(),
         )
     }
 }
@@ -173,7 +182,7 @@ pub struct RunRecord {
     pub counts: BTreeMap<String, usize>,
     /// `running`, `finished` or `aborted` (stopped by a signal).
     #[serde(deserialize_with = "lenient::or_default")]
-    pub state: String,
+    pub state: RunState,
     #[serde(deserialize_with = "lenient::or_default")]
     pub stopped_by: Option<i32>,
     #[serde(deserialize_with = "lenient::time")]
@@ -397,21 +406,11 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
             record.last_skip_at = Some(at);
         }
         outcome => {
-            record.outcome = Some(outcome.kind().to_string());
+            record.outcome = Some(outcome.kind());
             record.trigger = Some(event.trigger);
-            record.exit_code = match outcome {
-                Outcome::Ok => Some(0),
-                Outcome::Failed(code) => Some(*code),
-                _ => None,
-            };
-            record.signal = match outcome {
-                Outcome::Killed(sig) => Some(*sig),
-                _ => None,
-            };
-            record.reason = match outcome {
-                Outcome::FailedToStart { reason, .. } => Some(reason.clone()),
-                _ => None,
-            };
+            record.exit_code = outcome.exit_code();
+            record.signal = outcome.signal();
+            record.reason = outcome.reason();
             record.last_start = Some(r.started.map_or(at, unix_secs));
             record.last_end = (!matches!(outcome, Outcome::Detached)).then_some(at);
             record.last_duration_secs = r.duration.map(|d| d.as_secs_f64());
@@ -630,7 +629,7 @@ fn writer_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Skip;
+    use crate::outcome::Skip;
 
     fn event(id: &str, outcome: Outcome) -> Event {
         Event {
@@ -658,7 +657,7 @@ mod tests {
             &mut r,
             &event("a", Outcome::Skipped(Skip::Locked("pid 1".into()))),
         );
-        assert_eq!(r.outcome.as_deref(), Some("timed_out"));
+        assert_eq!(r.outcome, Some(Kind::TimedOut));
         assert_eq!(r.last_skip_reason.as_deref(), Some("locked by pid 1"));
         apply(&mut r, &event("a", Outcome::Ok));
         assert_eq!(r.consecutive_failures, 0);
@@ -686,26 +685,26 @@ mod tests {
         for i in 0..5 {
             let run = RunRecord {
                 run_id: format!("2026{i:02}"),
-                state: "finished".into(),
+                state: RunState::Finished,
                 ..Default::default()
             };
             dir.write_run(&run).unwrap();
         }
         let progress = Progress::new(RunRecord {
             run_id: "202699".into(),
-            state: "running".into(),
+            state: RunState::Running,
             ..Default::default()
         });
         let writer = Writer::start(dir.clone(), Arc::clone(&progress), 3).unwrap();
         writer.event(event("x", Outcome::Ok));
-        progress.update(|r| r.state = "finished".into());
+        progress.update(|r| r.state = RunState::Finished);
         let done = writer.finish(None);
         assert!(done.errors.is_empty(), "{:?}", done.errors);
         assert!(done.instances.unwrap().contains_key("x"));
         let runs = dir.runs().unwrap();
         let ids: Vec<_> = runs.iter().map(|r| r.run_id.as_str()).collect();
         assert_eq!(ids, ["202603", "202604", "202699"]);
-        assert_eq!(runs[2].state, "finished");
+        assert_eq!(runs[2].state, RunState::Finished);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::display::{self, quoted};
 use crate::exit::{self, Fatal};
 use crate::lock::{self, Holder};
 use crate::lockname::decode_stem;
+use crate::outcome::RunState;
 use crate::platform;
 use crate::report::unix_secs;
 use crate::state::{InstanceRecord, RunRecord, StateDir};
@@ -93,7 +94,7 @@ pub struct RunView {
     pub run_id: String,
     pub pid: i32,
     /// `running`, `died` (its process is gone), `finished` or `aborted`.
-    pub state: String,
+    pub state: RunState,
     pub trigger: Option<crate::state::Trigger>,
     pub started: f64,
     pub elapsed_secs: f64,
@@ -151,13 +152,13 @@ pub fn gather(
     };
     let runs_in_progress = runs
         .iter()
-        .filter(|r| r.state == "running")
+        .filter(|r| r.state == RunState::Running)
         .map(|r| run_view(r, now_secs))
         .collect();
     let last_finished_run = runs
         .iter()
         .rev()
-        .find(|r| r.state != "running")
+        .find(|r| r.state != RunState::Running)
         .map(|r| run_view(r, now_secs));
     let running = match &lock_dir {
         Some(dir) => running_tasks(dir, &records, now)?,
@@ -207,17 +208,17 @@ pub fn gather(
 }
 
 fn run_view(r: &RunRecord, now: f64) -> RunView {
-    let alive = r.state == "running"
+    let alive = r.state == RunState::Running
         && platform::proc_stat(r.pid).is_some_and(|s| s.starttime == r.pid_starttime);
-    let state = if r.state == "running" && !alive {
-        "died"
+    let state = if r.state == RunState::Running && !alive {
+        RunState::Died
     } else {
-        r.state.as_str()
+        r.state
     };
     RunView {
         run_id: r.run_id.clone(),
         pid: r.pid,
-        state: state.to_string(),
+        state,
         trigger: r.trigger,
         started: r.started,
         elapsed_secs: (r.ended.unwrap_or(now) - r.started).max(0.0),
@@ -300,26 +301,42 @@ fn secs(s: f64) -> String {
     display::duration(d)
 }
 
-/// The terminal form.
+/// The terminal form: a header, then runs, running tasks and instances.
 pub fn write_text(s: &Status, color: bool, out: &mut impl Write) -> std::io::Result<()> {
-    let paint = |code: &str, text: String| {
-        if color {
-            format!("{code}{text}{RESET}")
-        } else {
-            text
-        }
-    };
+    let paint = Paint(color);
     writeln!(
         out,
         "{}",
-        paint(BOLD, format!("scatter status {}", quoted(&s.name)))
+        paint.on(BOLD, format!("scatter status {}", quoted(&s.name)))
     )?;
     writeln!(out, "  state {}", quoted(&s.state_dir))?;
     if let Some(dir) = &s.lock_dir {
         writeln!(out, "  locks {}", quoted(dir))?;
     }
     writeln!(out)?;
-    writeln!(out, "{}", paint(BOLD, "Runs in progress".into()))?;
+    write_runs(s, paint, out)?;
+    writeln!(out)?;
+    write_running(s, paint, out)?;
+    writeln!(out)?;
+    write_instances(s, paint, out)
+}
+
+/// Colours text only when asked (a terminal, and no `NO_COLOR`).
+#[derive(Clone, Copy)]
+struct Paint(bool);
+
+impl Paint {
+    fn on(self, code: &str, text: String) -> String {
+        if self.0 {
+            format!("{code}{text}{RESET}")
+        } else {
+            text
+        }
+    }
+}
+
+fn write_runs(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "{}", paint.on(BOLD, "Runs in progress".into()))?;
     if s.runs_in_progress.is_empty() {
         writeln!(out, "  none")?;
     }
@@ -328,7 +345,7 @@ pub fn write_text(s: &Status, color: bool, out: &mut impl Write) -> std::io::Res
             crate::state::Trigger::Cron => "cron",
             crate::state::Trigger::Manual => "manual",
         });
-        if r.state == "died" {
+        if r.state == RunState::Died {
             let line = format!(
                 "  {}  pid {} ({trigger}) started {} ago: died, {} of {} slots reached, {} finished",
                 r.run_id,
@@ -338,7 +355,7 @@ pub fn write_text(s: &Status, color: bool, out: &mut impl Write) -> std::io::Res
                 r.count,
                 r.finished_count
             );
-            writeln!(out, "{}", paint(YELLOW, line))?;
+            writeln!(out, "{}", paint.on(YELLOW, line))?;
             continue;
         }
         let eta = if r.eta_last_start_secs > 0.0 {
@@ -382,47 +399,36 @@ pub fn write_text(s: &Status, color: bool, out: &mut impl Write) -> std::io::Res
             r.exit_code.map_or("?".to_string(), |c| c.to_string())
         )?;
     }
-    writeln!(out)?;
-    writeln!(out, "{}", paint(BOLD, "Running now (locks held)".into()))?;
+    Ok(())
+}
+
+fn write_running(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "{}", paint.on(BOLD, "Running now (locks held)".into()))?;
     if s.running.is_empty() {
         writeln!(out, "  none")?;
     }
-    let run_width = s
-        .running
-        .iter()
-        .map(|t| quoted(&t.id).chars().count())
-        .max()
-        .unwrap_or(0)
-        .min(32);
+    let width = column_width(s.running.iter().map(|t| t.id.as_str()));
     for t in &s.running {
         let who = match (t.pid, t.running_secs) {
             (Some(pid), Some(run)) => format!("pid {pid}, for {}", secs(run)),
             _ => "holder unknown (no holder record)".to_string(),
         };
-        writeln!(out, "  {:run_width$}  {who}", quoted(&t.id))?;
+        writeln!(out, "  {:width$}  {who}", quoted(&t.id))?;
     }
-    writeln!(out)?;
+    Ok(())
+}
+
+fn write_instances(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Result<()> {
     let head = format!("Instances ({} of {} failing)", s.failing, s.instances.len());
-    // Align the outcomes, unless one very long id would push them far right.
-    let width = s
-        .instances
-        .iter()
-        .map(|i| quoted(&i.record.id).chars().count())
-        .max()
-        .unwrap_or(0)
-        .min(32);
-    writeln!(out, "{}", paint(BOLD, head))?;
+    writeln!(out, "{}", paint.on(BOLD, head))?;
+    let width = column_width(s.instances.iter().map(|i| i.record.id.as_str()));
     for i in &s.instances {
         let r = &i.record;
-        let outcome = match r.outcome.as_deref() {
-            Some("failed") => format!("exited with status {}", r.exit_code.unwrap_or(-1)),
-            Some("killed") => format!("killed by {}", platform::signal_name(r.signal.unwrap_or(0))),
-            Some("timed_out") => "timed out".to_string(),
-            Some("failed_to_start") => {
-                format!("failed to start: {}", r.reason.as_deref().unwrap_or("?"))
-            }
-            Some(other) => other.to_string(),
-            None => "never ran".to_string(),
+        // The same words the end-of-run report uses.
+        let outcome = match (r.outcome, r.last_outcome()) {
+            (None, _) => "never ran".to_string(),
+            (Some(_), Some(outcome)) => outcome.describe(None, None),
+            (Some(_), None) => "an outcome this version of scatter does not know".to_string(),
         };
         let age = i
             .age_secs
@@ -444,10 +450,19 @@ pub fn write_text(s: &Status, color: bool, out: &mut impl Write) -> std::io::Res
             quoted(&r.id)
         );
         if i.failing {
-            writeln!(out, "{}", paint(RED, line))?;
+            writeln!(out, "{}", paint.on(RED, line))?;
         } else {
             writeln!(out, "{line}")?;
         }
     }
     Ok(())
+}
+
+/// Aligns a column of ids, unless one very long id would push the next
+/// column far right.
+fn column_width<'a>(ids: impl Iterator<Item = &'a str>) -> usize {
+    ids.map(|id| quoted(id).chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(32)
 }

@@ -187,7 +187,7 @@ proptest! {
 
 #[test]
 fn consecutive_failures_at_the_limit_stay_there() {
-    use scatter::report::{Outcome, TaskResult};
+    use scatter::outcome::{Outcome, TaskResult};
     use scatter::state::{Event, InstanceRecord, Trigger, apply};
     let mut record: InstanceRecord = serde_json::from_value(json!({
         "id": "a", "outcome": "failed", "consecutive_failures": 4294967295u64

@@ -23,9 +23,10 @@ use signal_hook::consts::{SIGKILL, SIGTERM};
 use super::host::{Event, Host, Started};
 use super::{Observer, Options};
 use crate::display::{self, quoted};
+use crate::outcome::{Outcome, TaskResult};
 use crate::plan::{Entry, Plan};
 use crate::platform::{self, ExitStatus, later};
-use crate::report::{Outcome, Report, TaskResult};
+use crate::report::Report;
 
 /// EAGAIN retries a run may make: each start that hits a process limit is
 /// retried once after reaping, but a limit that never lifts (`--nproc=1`)
@@ -312,7 +313,7 @@ impl<'a, H: Host> Engine<'a, H> {
     fn record(&mut self, slot: usize, result: TaskResult) {
         if result.outcome.is_failure()
             && self.opts.log_failures
-            && let Some(line) = crate::report::describe(&result, self.opts.timeout)
+            && let Some(line) = result.report_line(self.opts.timeout)
         {
             let id = &self.plan.entries[slot].id;
             warn!(instance = &*id.to_string_lossy(); "{}: {line}", quoted(id));

@@ -16,9 +16,9 @@
 
 use std::time::{Instant, SystemTime};
 
+use crate::outcome::Skip;
 use crate::plan::Entry;
 use crate::platform::ExitStatus;
-use crate::report::Skip;
 
 /// What the engine needs from the operating system.
 pub trait Host {

@@ -67,8 +67,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 
 use crate::cli::OutputMode;
+use crate::outcome::TaskResult;
 use crate::plan::Plan;
-use crate::report::{Report, TaskResult};
+use crate::report::Report;
 
 /// How tasks are supervised.
 #[derive(Debug, Clone)]

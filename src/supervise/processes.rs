@@ -34,11 +34,11 @@ use super::host::{Event, Host, Started};
 use crate::display::quoted;
 use crate::exit;
 use crate::lock::{self, Attempt, Holder, StartTime};
+use crate::outcome::Skip;
 use crate::output::{Capture, Outputs};
 use crate::plan::{Entry, Plan};
 use crate::platform::{self, FileId, Group, PollFd, PollFlags, Signals, later};
 use crate::reclaim;
-use crate::report::Skip;
 use crate::spawn::{self, TaskEnv};
 
 /// What the host keeps for one started task.

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use super::engine::Engine;
 use super::host::{Event, Host, Started};
 use super::{Observer, Options};
+use crate::outcome::{Outcome, Skip, TaskResult};
 use crate::plan::{Entry, Plan};
 use crate::platform::ExitStatus;
-use crate::report::{Outcome, Report, Skip, TaskResult};
+use crate::report::Report;
 
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
@@ -249,7 +250,8 @@ impl Observer for Seen {
         self.started.push(slot);
     }
     fn ended(&mut self, slot: usize, result: &TaskResult) {
-        self.ended.push((slot, result.outcome.kind().to_string()));
+        self.ended
+            .push((slot, result.outcome.kind().name().to_string()));
     }
 }
 
@@ -266,7 +268,11 @@ fn run(plan: &Plan, fake: &mut Fake, opts: &Options) -> (Report, Seen) {
 }
 
 fn kinds(report: &Report) -> Vec<&'static str> {
-    report.results.iter().map(|r| r.outcome.kind()).collect()
+    report
+        .results
+        .iter()
+        .map(|r| r.outcome.kind().name())
+        .collect()
 }
 
 fn calls_of(fake: &Fake, pick: impl Fn(&Call) -> bool) -> Vec<(f64, Call)> {

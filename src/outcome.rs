@@ -1,0 +1,421 @@
+//! How an instance ends a run, and how a run ends: the types, their stable
+//! names, and everything derived from them in one place.
+//!
+//! Every instance in a plan ends a run in exactly one [`Outcome`]. Its
+//! [`Kind`] is the stable name written in reports, state records and
+//! metrics; the mapping from an outcome to its exit code, signal, reason and
+//! one-line description exists only here, so a report, `scatter status` and
+//! the metrics file can never disagree about it, and a new outcome is one
+//! new variant the compiler then asks about everywhere.
+//!
+//! Names are read back from files an older or newer release may have
+//! written: a name this build does not know reads as `Unknown`, which costs
+//! that one record its outcome, never the file.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::display;
+use crate::exit;
+use crate::platform::signal_name;
+
+/// Why an instance was skipped. Skips are not failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// Its lock is held by another process (described).
+    Locked(String),
+    /// Its lock was held by a task past its timeout whose run had died; that
+    /// task's group was killed, and the next window runs the instance.
+    KilledHungHolder(String),
+    /// Its directory was removed between the plan and its slot.
+    Vanished,
+    /// A skip read back from a record, known only by its reason.
+    Recorded(String),
+}
+
+impl Skip {
+    /// The reason, as shown in reports.
+    pub fn reason(&self) -> String {
+        match self {
+            Skip::Locked(holder) => format!("locked by {holder}"),
+            Skip::KilledHungHolder(holder) => format!("killed a hung holder: {holder}"),
+            Skip::Vanished => "its directory no longer exists".to_string(),
+            Skip::Recorded(reason) => reason.clone(),
+        }
+    }
+}
+
+/// How one instance ended this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Exited with a non-zero status.
+    Failed(i32),
+    /// Killed by a signal (not by our timeout).
+    Killed(i32),
+    /// Stopped by `--timeout`.
+    TimedOut,
+    Skipped(Skip),
+    /// The lock or the spawn failed; `code` is the `--only` exit code.
+    FailedToStart {
+        reason: String,
+        code: u8,
+    },
+    /// Scatter was stopped before this instance's slot.
+    NotStarted,
+    /// Started under `--detach`; its end was not waited for.
+    Detached,
+}
+
+/// The stable name of an outcome, without its details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Ok,
+    Failed,
+    Killed,
+    TimedOut,
+    FailedToStart,
+    Skipped,
+    NotStarted,
+    Detached,
+    /// A name this build does not know (written by a newer release, or
+    /// crafted). Never written.
+    Unknown,
+}
+
+impl Kind {
+    /// Every kind a run can produce, in the order summaries list them.
+    pub const ALL: [Kind; 8] = [
+        Kind::Ok,
+        Kind::Failed,
+        Kind::Killed,
+        Kind::TimedOut,
+        Kind::FailedToStart,
+        Kind::Skipped,
+        Kind::NotStarted,
+        Kind::Detached,
+    ];
+
+    /// The name used in JSON, state records and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ok => "ok",
+            Kind::Failed => "failed",
+            Kind::Killed => "killed",
+            Kind::TimedOut => "timed_out",
+            Kind::FailedToStart => "failed_to_start",
+            Kind::Skipped => "skipped",
+            Kind::NotStarted => "not_started",
+            Kind::Detached => "detached",
+            Kind::Unknown => "unknown",
+        }
+    }
+
+    /// The kind of a name, `Unknown` for any other.
+    pub fn from_name(name: &str) -> Kind {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(Kind::Unknown)
+    }
+
+    /// The name for people: `timed out`, `failed to start`.
+    pub fn words(self) -> String {
+        self.name().replace('_', " ")
+    }
+
+    /// Whether an instance whose last outcome is this is failing.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Kind::Failed | Kind::Killed | Kind::TimedOut | Kind::FailedToStart
+        )
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(Kind::from_name(&name))
+    }
+}
+
+impl Outcome {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Outcome::Ok => Kind::Ok,
+            Outcome::Failed(_) => Kind::Failed,
+            Outcome::Killed(_) => Kind::Killed,
+            Outcome::TimedOut => Kind::TimedOut,
+            Outcome::Skipped(_) => Kind::Skipped,
+            Outcome::FailedToStart { .. } => Kind::FailedToStart,
+            Outcome::NotStarted => Kind::NotStarted,
+            Outcome::Detached => Kind::Detached,
+        }
+    }
+
+    /// Whether this outcome makes the run fail.
+    pub fn is_failure(&self) -> bool {
+        self.kind().is_failure()
+    }
+
+    /// The task's exit status, if it exited.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Outcome::Ok => Some(0),
+            Outcome::Failed(code) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The signal that killed the task, if one did (not our timeout).
+    pub fn signal(&self) -> Option<i32> {
+        match self {
+            Outcome::Killed(sig) => Some(*sig),
+            _ => None,
+        }
+    }
+
+    /// Why it was skipped or could not start.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Outcome::Skipped(skip) => Some(skip.reason()),
+            Outcome::FailedToStart { reason, .. } => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// The status a shell would report for a task that ran: its exit code,
+    /// 124 for a timeout (as `timeout(1)`), 128+N for signal N.
+    pub fn shell_status(&self) -> Option<i32> {
+        match self {
+            Outcome::TimedOut => Some(i32::from(exit::TIMED_OUT)),
+            Outcome::Killed(sig) => Some(i32::from(exit::SIGNAL_BASE).saturating_add(*sig)),
+            other => other.exit_code(),
+        }
+    }
+
+    /// Rebuilds an outcome from what a state record keeps of it.
+    pub fn from_parts(
+        kind: Kind,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        reason: Option<&str>,
+    ) -> Option<Outcome> {
+        Some(match kind {
+            Kind::Ok => Outcome::Ok,
+            Kind::Failed => Outcome::Failed(exit_code.unwrap_or(-1)),
+            Kind::Killed => Outcome::Killed(signal.unwrap_or(0)),
+            Kind::TimedOut => Outcome::TimedOut,
+            Kind::FailedToStart => Outcome::FailedToStart {
+                reason: reason.unwrap_or("unknown reason").to_string(),
+                code: exit::FAILURE,
+            },
+            Kind::Skipped => Outcome::Skipped(Skip::Recorded(
+                reason.unwrap_or("unknown reason").to_string(),
+            )),
+            Kind::NotStarted => Outcome::NotStarted,
+            Kind::Detached => Outcome::Detached,
+            Kind::Unknown => return None,
+        })
+    }
+
+    /// One line describing the outcome, without the id: `exited with status
+    /// 3 after 1.2s`. `duration` is how long the task ran, `timeout` the
+    /// limit it ran under.
+    pub fn describe(&self, duration: Option<Duration>, timeout: Option<Duration>) -> String {
+        let after = duration
+            .map(|d| format!(" after {}", display::duration(d)))
+            .unwrap_or_default();
+        match self {
+            Outcome::Ok => format!("ok{after}"),
+            Outcome::Failed(code) => format!("exited with status {code}{after}"),
+            Outcome::Killed(sig) => format!("killed by {}{after}", signal_name(*sig)),
+            Outcome::TimedOut => match timeout {
+                Some(t) => format!("timed out{after} (limit {})", humantime::format_duration(t)),
+                None => format!("timed out{after}"),
+            },
+            Outcome::FailedToStart { reason, .. } => format!("failed to start: {reason}"),
+            Outcome::Skipped(skip) => format!("skipped: {}", skip.reason()),
+            Outcome::NotStarted => "not started".to_string(),
+            Outcome::Detached => format!("detached{after}"),
+        }
+    }
+}
+
+/// What happened to one planned instance.
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    pub outcome: Outcome,
+    /// Wall-clock start, if it started.
+    pub started: Option<SystemTime>,
+    /// Run time of the task's leader, if it started and ended.
+    pub duration: Option<Duration>,
+    /// How late the start was against its slot.
+    pub lateness: Option<Duration>,
+}
+
+impl TaskResult {
+    pub fn new(outcome: Outcome) -> TaskResult {
+        TaskResult {
+            outcome,
+            started: None,
+            duration: None,
+            lateness: None,
+        }
+    }
+
+    /// The report line for this instance, without the id; `None` for
+    /// outcomes that need no line (ok, not started, detached).
+    pub fn report_line(&self, timeout: Option<Duration>) -> Option<String> {
+        match self.outcome {
+            Outcome::Ok | Outcome::NotStarted | Outcome::Detached => None,
+            _ => Some(self.outcome.describe(self.duration, timeout)),
+        }
+    }
+}
+
+/// Where a run is, as its record and `scatter status` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunState {
+    /// In progress, as far as its record knows.
+    #[default]
+    Running,
+    /// Its record says running, but its process is gone (killed). Only
+    /// `scatter status` says this; no record is written with it.
+    Died,
+    Finished,
+    /// Stopped by a signal.
+    Aborted,
+    /// A state this build does not know.
+    Unknown,
+}
+
+impl RunState {
+    const ALL: [RunState; 4] = [
+        RunState::Running,
+        RunState::Died,
+        RunState::Finished,
+        RunState::Aborted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Died => "died",
+            RunState::Finished => "finished",
+            RunState::Aborted => "aborted",
+            RunState::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for RunState {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for RunState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RunState, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(RunState::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .unwrap_or(RunState::Unknown))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_outcome() -> Vec<Outcome> {
+        vec![
+            Outcome::Ok,
+            Outcome::Failed(3),
+            Outcome::Killed(9),
+            Outcome::TimedOut,
+            Outcome::FailedToStart {
+                reason: "r".into(),
+                code: 126,
+            },
+            Outcome::Skipped(Skip::Vanished),
+            Outcome::NotStarted,
+            Outcome::Detached,
+        ]
+    }
+
+    #[test]
+    fn every_kind_is_listed_once_and_round_trips() {
+        let kinds: Vec<Kind> = every_outcome().iter().map(Outcome::kind).collect();
+        assert_eq!(kinds, Kind::ALL);
+        for kind in Kind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(serde_json::from_str::<Kind>(&json).unwrap(), kind);
+        }
+        assert_eq!(
+            serde_json::from_str::<Kind>("\"paused\"").unwrap(),
+            Kind::Unknown
+        );
+    }
+
+    #[test]
+    fn outcomes_survive_what_a_record_keeps_of_them() {
+        for outcome in every_outcome() {
+            let back = Outcome::from_parts(
+                outcome.kind(),
+                outcome.exit_code(),
+                outcome.signal(),
+                outcome.reason().as_deref(),
+            )
+            .unwrap();
+            assert_eq!(back.kind(), outcome.kind());
+            assert_eq!(back.exit_code(), outcome.exit_code());
+            assert_eq!(back.signal(), outcome.signal());
+            if outcome.kind() != Kind::FailedToStart {
+                assert_eq!(back.describe(None, None), outcome.describe(None, None));
+            }
+        }
+    }
+
+    #[test]
+    fn shell_status_follows_the_exit_code_table() {
+        assert_eq!(Outcome::TimedOut.shell_status(), Some(124));
+        assert_eq!(Outcome::Killed(15).shell_status(), Some(143));
+        assert_eq!(Outcome::Failed(3).shell_status(), Some(3));
+        assert_eq!(Outcome::NotStarted.shell_status(), None);
+    }
+
+    #[test]
+    fn run_states_round_trip_and_unknown_ones_degrade() {
+        for state in RunState::ALL {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(serde_json::from_str::<RunState>(&json).unwrap(), state);
+        }
+        assert_eq!(
+            serde_json::from_str::<RunState>("\"paused\"").unwrap(),
+            RunState::Unknown
+        );
+    }
+}

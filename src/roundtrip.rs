@@ -1,0 +1,212 @@
+//! Every outcome, through every place that names it: the end-of-run report
+//! (text and JSON), the instance records, `scatter status` and the metrics.
+//! A new outcome that one of them forgets fails here.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crate::metrics;
+use crate::outcome::{Kind, Outcome, Skip, TaskResult};
+use crate::plan::Plan;
+use crate::report::Report;
+use crate::state::{self, Event, InstanceRecord, StateDir, Trigger};
+use crate::status;
+
+fn every_outcome() -> Vec<Outcome> {
+    let all = vec![
+        Outcome::Ok,
+        Outcome::Failed(3),
+        Outcome::Killed(9),
+        Outcome::TimedOut,
+        Outcome::FailedToStart {
+            reason: "cannot open lock file".into(),
+            code: 1,
+        },
+        Outcome::Skipped(Skip::Locked("pid 7".into())),
+        Outcome::NotStarted,
+        Outcome::Detached,
+    ];
+    // The list covers every kind, in summary order.
+    assert_eq!(all.iter().map(Outcome::kind).collect::<Vec<_>>(), Kind::ALL);
+    all
+}
+
+#[test]
+fn every_outcome_reads_the_same_everywhere() {
+    let outcomes = every_outcome();
+    let ids: Vec<OsString> = outcomes.iter().map(|o| o.kind().name().into()).collect();
+    let plan = Plan::for_tests(PathBuf::from("/srv/i"), ids, Duration::from_secs(8));
+    let now = SystemTime::now();
+    let results: Vec<TaskResult> = outcomes
+        .iter()
+        .map(|o| TaskResult {
+            outcome: o.clone(),
+            started: Some(now),
+            duration: Some(Duration::from_secs(2)),
+            lateness: Some(Duration::ZERO),
+        })
+        .collect();
+    let report = Report {
+        results,
+        stopped_by: None,
+        timeout: Some(Duration::from_secs(5)),
+        detached: false,
+        cap_delayed: 0,
+    };
+
+    // The JSON report.
+    let mut json = Vec::new();
+    report.write_json(&plan, &mut json).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let inst = &doc["instances"][i];
+        let kind = outcome.kind().name();
+        assert_eq!(inst["outcome"], kind);
+        assert_eq!(doc["counts"][kind], 1);
+        assert_eq!(
+            inst["exit_code"].as_i64(),
+            outcome.exit_code().map(i64::from)
+        );
+        assert_eq!(inst["signal"].as_i64(), outcome.signal().map(i64::from));
+        assert_eq!(inst["reason"].as_str(), outcome.reason().as_deref());
+    }
+
+    // The text report: a line for each outcome worth one.
+    let mut text = Vec::new();
+    report.write_text(&plan, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    for (result, outcome) in report.results.iter().zip(&outcomes) {
+        if let Some(line) = result.report_line(report.timeout) {
+            assert!(text.contains(&line), "{line} in {text}");
+        } else {
+            assert!(matches!(
+                outcome,
+                Outcome::Ok | Outcome::NotStarted | Outcome::Detached
+            ));
+        }
+    }
+
+    // The instance records, written and read back.
+    let mut records = std::collections::BTreeMap::new();
+    for (entry, result) in plan.entries.iter().zip(&report.results) {
+        let mut record = InstanceRecord::default();
+        state::apply(
+            &mut record,
+            &Event {
+                id: entry.id.clone(),
+                trigger: Trigger::Cron,
+                at: now,
+                result: result.clone(),
+            },
+        );
+        records.insert(entry.id.to_string_lossy().into_owned(), record);
+    }
+    let file = serde_json::json!({"format": "scatter-instances/1", "instances": records});
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("instances.json"),
+        serde_json::to_vec(&file).unwrap(),
+    )
+    .unwrap();
+    let dir = StateDir::existing(tmp.path()).unwrap();
+    let read = dir.instances().unwrap();
+    for outcome in &outcomes {
+        let record = &read[outcome.kind().name()];
+        match outcome {
+            // Skips are kept apart from the last outcome; not-started
+            // leaves the record alone.
+            Outcome::Skipped(skip) => {
+                assert_eq!(record.outcome, None);
+                assert_eq!(record.last_skip_reason, Some(skip.reason()));
+            }
+            Outcome::NotStarted => assert_eq!(record.outcome, None),
+            _ => {
+                assert_eq!(record.outcome, Some(outcome.kind()));
+                let back = record.last_outcome().unwrap();
+                assert_eq!(back.describe(None, None), outcome.describe(None, None));
+                assert_eq!(record.failing(), outcome.is_failure());
+            }
+        }
+    }
+
+    // scatter status, both forms.
+    let status = status::gather(&dir, "job".as_ref(), Some(tmp.path()), now).unwrap();
+    let mut text = Vec::new();
+    status::write_text(&status, false, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let json = serde_json::to_value(&status).unwrap();
+    for outcome in &outcomes {
+        let name = outcome.kind().name();
+        let view = json["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == name)
+            .unwrap();
+        match outcome {
+            Outcome::Skipped(_) | Outcome::NotStarted => {
+                assert!(view["outcome"].is_null())
+            }
+            _ => {
+                assert_eq!(view["outcome"], name);
+                assert!(
+                    text.contains(&outcome.describe(None, None)),
+                    "{name} in {text}"
+                );
+            }
+        }
+    }
+    let failing = outcomes.iter().filter(|o| o.is_failure()).count();
+    assert_eq!(status.failing, failing);
+
+    // The metrics.
+    let snapshot = metrics::Snapshot {
+        name: "job",
+        report: &report,
+        duration: Duration::from_secs(8),
+        ended: 1.0,
+        instances: &read,
+    };
+    let prom = metrics::render(&snapshot);
+    for outcome in &outcomes {
+        let name = outcome.kind().name();
+        assert!(
+            prom.contains(&format!(
+                "scatter_run_outcomes{{scatter_name=\"job\",outcome=\"{name}\"}} 1\n"
+            )),
+            "{name} in {prom}"
+        );
+        if let Some(code) = read[name].last_outcome().and_then(|o| o.shell_status()) {
+            assert!(
+                prom.contains(&format!(
+                    "scatter_instance_last_exit_code{{scatter_name=\"job\",instance_id=\"{name}\"}} {code}\n"
+                )),
+                "{name} exit {code} in {prom}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_record_with_an_outcome_from_a_newer_release_costs_only_that_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("instances.json"),
+        r#"{"format":"scatter-instances/1","instances":{
+            "a":{"id":"a","outcome":"backed_off","consecutive_failures":4},
+            "b":{"id":"b","outcome":"failed","exit_code":2,"consecutive_failures":1}}}"#,
+    )
+    .unwrap();
+    let dir = StateDir::existing(tmp.path()).unwrap();
+    let records = dir.instances().unwrap();
+    assert_eq!(records["a"].outcome, Some(Kind::Unknown));
+    assert_eq!(records["a"].last_outcome(), None);
+    assert_eq!(records["b"].last_outcome(), Some(Outcome::Failed(2)));
+    let status = status::gather(&dir, "job".as_ref(), Some(tmp.path()), SystemTime::now()).unwrap();
+    let mut text = Vec::new();
+    status::write_text(&status, false, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("does not know"), "{text}");
+    assert!(text.contains("exited with status 2"), "{text}");
+}
