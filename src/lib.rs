@@ -22,6 +22,7 @@ pub mod plan;
 pub mod platform;
 pub mod reclaim;
 pub mod report;
+pub mod safedir;
 pub mod shard;
 pub mod spawn;
 pub mod state;
