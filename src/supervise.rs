@@ -301,7 +301,7 @@ impl Supervisor<'_> {
             return;
         }
         let lock_path = self.plan.lock_path(entry);
-        let file = match lock::try_acquire(&lock_path) {
+        let file = match self.plan.try_lock(entry) {
             Ok(Attempt::Acquired(locked)) => locked,
             Ok(Attempt::Busy(holder)) => {
                 let skip = self.busy(&tag, &entry.id, holder, &lock_path);
