@@ -14,7 +14,8 @@
 //! nothing done to the path afterwards redirects them. A lock file is opened
 //! with `O_NOFOLLOW|O_NONBLOCK` (one `openat`), checked with one `fstat`,
 //! never unlinked and never created with `O_EXCL`, so a stale file is simply
-//! reused.
+//! reused. Lock files are readable by their owner only: `flock` needs no
+//! more than read access, so a file others can open is a lock they can hold.
 //!
 //! While a task runs, its lock file holds a one-line [`Holder`] record, so a
 //! skipped run can say who holds the lock and since when, and `/proc` can
@@ -23,6 +24,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,7 +47,8 @@ pub const LOCK_DIRS: Kind = Kind {
     shared: false,
 };
 
-const FILE_MODE: u32 = 0o644;
+/// Lock files: `flock` needs only read access, so nobody else may open one.
+const FILE_MODE: u32 = 0o600;
 
 /// Chooses the lock base directory without creating anything, so the dry
 /// run and the real run agree on it.
@@ -151,6 +154,11 @@ impl JobDir {
             rustix::fs::OFlags::RDWR,
             FILE_MODE,
         )?;
+        if meta.mode() & 0o077 != 0 {
+            // Left by an older scatter, or changed by hand: anyone who can
+            // open it can hold it.
+            let _ = rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(FILE_MODE));
+        }
         match file.try_lock() {
             Ok(()) => Ok(Attempt::Acquired(Locked {
                 file,
@@ -471,6 +479,22 @@ mod tests {
     }
 
     #[test]
+    fn lock_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = job(&tmp);
+        drop(acquired(&dir, "new"));
+        let old = dir.path().join("old.lock");
+        std::fs::write(&old, "").unwrap();
+        std::fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+        drop(acquired(&dir, "old"));
+        for name in ["new.lock", "old.lock"] {
+            let mode = fs::metadata(dir.path().join(name)).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
+    }
+
+    #[test]
     fn planted_symlink_fifo_and_hard_link_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = job(&tmp);
@@ -509,7 +533,7 @@ mod tests {
 
     #[test]
     fn world_writable_dir_is_refused() {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().join("locks");
         std::fs::create_dir(&base).unwrap();
