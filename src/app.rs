@@ -12,7 +12,7 @@ use crate::display::quoted;
 use crate::history::History;
 use crate::plan::Plan;
 use crate::supervise;
-use crate::{discovery, dryrun, exit, lock};
+use crate::{discovery, dryrun, exit, lock, output};
 
 /// Runs `scatter run` and returns the process exit code.
 pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
@@ -22,6 +22,7 @@ pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
     if cfg.dry_run {
         // The same checks as a real run, on what exists; nothing is created.
         lock::check_dirs(&cfg.lock_base, &cfg.name)?;
+        output::check_log_dir(&cfg.supervision.output, false)?;
         // stdout is line-buffered; a plan can have 100,000 lines.
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
         dryrun::write(&plan, cfg.format, &mut out).context("cannot write the plan to stdout")?;
@@ -29,6 +30,8 @@ pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
         return Ok(exit::OK);
     }
     plan.attach_locks(lock::prepare_dirs(&cfg.lock_base, &cfg.name)?);
+    // Refused before the run is recorded: nothing starts, nothing is written.
+    output::check_log_dir(&cfg.supervision.output, true)?;
     if plan.entries.is_empty() {
         debug!("no instances in {}; nothing to do", quoted(&cfg.instances));
     }
