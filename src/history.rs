@@ -65,7 +65,11 @@ impl<'a> History<'a> {
         let writer = cfg.state_dir.as_deref().and_then(|path| match StateDir::create(path) {
             Ok(dir) => Some(Writer::start(dir, Arc::clone(&run), cfg.keep_runs)),
             Err(err) => {
-                warn!("{err:#}; this run records no history, and scatter status will be out of date");
+                // One line: the reason, what it costs, and what to do.
+                let hint = crate::exit::fatal_of(&err)
+                    .and_then(|f| f.hint.as_deref())
+                    .map_or(String::new(), |h| format!(" (hint: {h})"));
+                warn!("{err:#}; this run records no history, and scatter status will be out of date{hint}");
                 None
             }
         });
