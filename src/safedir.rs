@@ -53,6 +53,10 @@ pub const MAX_SYMLINKS: usize = 40;
 /// or removed by someone else at the same moment).
 const MAX_RETRIES: usize = 8;
 
+/// How many directories one walk may create: far more than any real path
+/// has, and a bound should someone remove each one as it appears.
+const MAX_CREATED: usize = 256;
+
 /// What a directory is for: names it in messages and hints, and sets the
 /// mode of what is created and whether others may own or write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -493,7 +497,7 @@ fn walk(path: &Path, kind: Kind, create: bool) -> Result<Option<SafeDir>> {
     let mut fd = open_root(kind, path)?;
     // Where the walk is, for messages: the path as resolved so far.
     let mut at = PathBuf::from("/");
-    let (mut links, mut retries) = (0, 0);
+    let (mut links, mut retries, mut created) = (0, 0, 0);
     while let Some(name) = pending.pop() {
         if name == ".." {
             fd = rustix::fs::openat(&fd, "..", PATH_FLAGS, Mode::empty())
@@ -511,6 +515,13 @@ fn walk(path: &Path, kind: Kind, create: bool) -> Result<Option<SafeDir>> {
             }
             Err(Errno::NOENT) if create => {
                 match rustix::fs::mkdirat(&fd, &name, Mode::from_raw_mode(kind.mode)) {
+                    Ok(()) if created < MAX_CREATED => {
+                        // Open what was just made, by the same rules.
+                        created += 1;
+                        pending.push(name);
+                        continue;
+                    }
+                    // Made by someone else meanwhile: a change, as below.
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(err) => return Err(cannot_create(kind, path, &here, err)),
                 }
@@ -566,7 +577,7 @@ fn walk(path: &Path, kind: Kind, create: bool) -> Result<Option<SafeDir>> {
                 return Err(io::Error::from(err)).with_context(|| open_failed(kind, path, &here));
             }
         }
-        // Created, or changed under us: look at the same name again.
+        // Changed under us: look at the same name again, a few times.
         retries += 1;
         if retries > MAX_RETRIES {
             return Err(keeps_changing(kind, &here));
@@ -976,6 +987,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(std::fs::read(path.join("x")).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn a_walk_creates_a_deep_path() {
+        let t = tmp();
+        let deep: PathBuf = (0..2 * MAX_RETRIES).map(|i| i.to_string()).collect();
+        let path = t.path().join(deep);
+        assert_eq!(SafeDir::create(&path, PRIVATE).unwrap().path(), path);
+        assert!(path.is_dir());
     }
 
     #[test]
