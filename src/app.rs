@@ -12,22 +12,26 @@ use crate::display::quoted;
 use crate::history::History;
 use crate::plan::Plan;
 use crate::supervise::{self, RunStart};
-use crate::{discovery, dryrun, exit, lock};
+use crate::{discovery, dryrun, exit, lock, output};
 
 /// Runs `scatter run` and returns the process exit code.
 pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
     let cfg = RunConfig::from_args(args)?;
     let ids = discovery::discover(&cfg.instances)?;
-    let plan = Plan::build(&cfg, ids)?;
+    let mut plan = Plan::build(&cfg, ids)?;
     if cfg.dry_run {
-        lock::check_dirs(&cfg.lock_base, &cfg.lock_dir)?;
+        // The same checks as a real run, on what exists; nothing is created.
+        lock::check_dirs(&cfg.lock_base, &cfg.name)?;
+        output::check_log_dir(&cfg.supervision.output, false)?;
         // stdout is line-buffered; a plan can have 100,000 lines.
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
         dryrun::write(&plan, cfg.format, &mut out).context("cannot write the plan to stdout")?;
         out.flush().context("cannot write the plan to stdout")?;
         return Ok(exit::OK);
     }
-    lock::prepare_dirs(&cfg.lock_base, &cfg.lock_dir)?;
+    plan.attach_locks(lock::prepare_dirs(&cfg.lock_base, &cfg.name)?);
+    // Refused before the run is recorded: nothing starts, nothing is written.
+    output::check_log_dir(&cfg.supervision.output, true)?;
     if plan.entries.is_empty() {
         debug!("no instances in {}; nothing to do", quoted(&cfg.instances));
     }

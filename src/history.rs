@@ -69,7 +69,11 @@ impl<'a> History<'a> {
             {
                 Ok(writer) => Some(writer),
                 Err(err) => {
-                    warn!("{err:#}; this run records no history, and scatter status will be out of date");
+                    // One line: the reason, what it costs, and what to do.
+                    let hint = crate::exit::fatal_of(&err)
+                        .and_then(|f| f.hint.as_deref())
+                        .map_or(String::new(), |h| format!(" (hint: {h})"));
+                    warn!("{err:#}; this run records no history, and scatter status will be out of date{hint}");
                     None
                 }
             }

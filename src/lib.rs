@@ -26,6 +26,7 @@ pub mod reclaim;
 pub mod report;
 #[cfg(test)]
 mod roundtrip;
+pub mod safedir;
 pub mod shard;
 pub mod spawn;
 pub mod state;

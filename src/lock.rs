@@ -7,18 +7,24 @@
 //!
 //! The directories are private to the user running scatter (owned by them,
 //! not group- or world-writable), because anyone who can write there can
-//! plant a symlink or FIFO or hold a lock forever. Lock files are opened with
-//! `O_NOFOLLOW|O_NONBLOCK`, checked with `fstat`, never unlinked and never
-//! created with `O_EXCL`, so a stale file is simply reused.
+//! plant a symlink or FIFO or hold a lock forever. They are opened once per
+//! run by [`crate::safedir`], which refuses a symlink on the way that another
+//! user could change (the job directory itself is never a symlink); lock
+//! files are then opened relative to the job directory's descriptor, so
+//! nothing done to the path afterwards redirects them. A lock file is opened
+//! with `O_NOFOLLOW|O_NONBLOCK` (one `openat`), checked with one `fstat`,
+//! never unlinked and never created with `O_EXCL`, so a stale file is simply
+//! reused. Lock files are readable by their owner only: `flock` needs no
+//! more than read access, so a file others can open is a lock they can hold.
 //!
 //! While a task runs, its lock file holds a one-line [`Holder`] record, so a
 //! skipped run can say who holds the lock and since when, and `/proc` can
 //! tell a live holder from a reused pid.
 
 use std::ffi::OsStr;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,16 +33,25 @@ use anyhow::{Context, Result};
 use crate::display::{self, quoted};
 use crate::exit::Fatal;
 use crate::lockname::encode_id;
-use crate::platform;
+use crate::platform::{self, FileId};
+use crate::safedir::{DirKind, FileError, SafeDir};
 
 /// The system-wide default lock base, on tmpfs on every modern distribution.
 pub const SYSTEM_BASE: &str = "/run/lock/scatter";
 
-const DIR_MODE: u32 = 0o755;
-const FILE_MODE: u32 = 0o644;
+/// The lock base and job directories: private, created with mode 0755.
+pub const LOCK_DIRS: DirKind = DirKind {
+    what: "lock directory",
+    flag: "--lock-dir ",
+    mode: 0o755,
+    shared: false,
+};
 
-/// Chooses the lock base directory without touching the file system beyond
-/// `stat`, so the dry run and the real run agree on it.
+/// Lock files: `flock` needs only read access, so nobody else may open one.
+const FILE_MODE: u32 = 0o600;
+
+/// Chooses the lock base directory without creating anything, so the dry
+/// run and the real run agree on it.
 pub fn resolve_base(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = explicit {
         let dir =
@@ -70,9 +85,9 @@ pub fn resolve_base(explicit: Option<&Path>) -> Result<PathBuf> {
 
 /// Whether `dir` is a private directory we own, or could be created as one.
 fn usable_or_creatable(dir: &Path) -> std::result::Result<(), String> {
-    match fs::metadata(dir) {
-        Ok(_) => check_private(dir).map_err(|f| f.message),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+    match SafeDir::existing(dir, LOCK_DIRS) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
             let parent = dir.parent().unwrap_or(Path::new("/"));
             rustix::fs::access(
                 parent,
@@ -80,57 +95,8 @@ fn usable_or_creatable(dir: &Path) -> std::result::Result<(), String> {
             )
             .map_err(|e| format!("cannot create it in {}: {e}", quoted(parent)))
         }
-        Err(err) => Err(err.to_string()),
+        Err(err) => Err(format!("{err:#}")),
     }
-}
-
-/// Checks that `dir` is a directory owned by us and not writable by others.
-fn check_private(dir: &Path) -> std::result::Result<(), Fatal> {
-    // Follows a symlink: the user may point --lock-dir at one. What matters
-    // is who can write into the directory it leads to.
-    let meta = fs::metadata(dir)
-        .map_err(|e| Fatal::usage(format!("lock directory {}: {e}", quoted(dir))))?;
-    if !meta.is_dir() {
-        return Err(
-            Fatal::usage(format!("lock directory {} is not a directory", quoted(dir)))
-                .hint("point --lock-dir at a directory"),
-        );
-    }
-    let me = platform::euid();
-    if meta.uid() != me {
-        return Err(Fatal::usage(format!(
-            "lock directory {} is owned by uid {}, not by uid {me} running scatter",
-            quoted(dir),
-            meta.uid()
-        ))
-        .hint(
-            "another user could hold or plant locks there; use a directory you own, via --lock-dir",
-        ));
-    }
-    let mode = meta.permissions().mode();
-    if mode & 0o022 != 0 {
-        // A sticky world-writable directory such as /tmp or /run/lock is
-        // shared on purpose; suggest a private subdirectory, not a chmod.
-        let hint = if mode & 0o1000 != 0 {
-            format!(
-                "anyone can write there; use a private subdirectory, such as --lock-dir {}",
-                quoted(dir.join("scatter"))
-            )
-        } else {
-            format!(
-                "anyone who can write there can plant or hold locks; use a private subdirectory, such as --lock-dir {} (scatter creates it), or run `chmod go-w {}`",
-                quoted(dir.join("scatter")),
-                quoted(dir)
-            )
-        };
-        return Err(Fatal::usage(format!(
-            "lock directory {} is group- or world-writable (mode {:o})",
-            quoted(dir),
-            mode & 0o7777
-        ))
-        .hint(hint));
-    }
-    Ok(())
 }
 
 /// The directory holding one job's lock files: `<base>/<name>`.
@@ -139,44 +105,80 @@ pub fn job_dir(base: &Path, name: &OsStr) -> PathBuf {
 }
 
 /// Checks the lock directories without creating anything (dry run): those
-/// that exist must be private.
-pub fn check_dirs(base: &Path, job_dir: &Path) -> Result<()> {
-    for dir in [base, job_dir] {
-        if fs::symlink_metadata(dir).is_ok() {
-            check_private(dir)?;
-        }
+/// that exist must pass the same checks as in a real run.
+pub fn check_dirs(base: &Path, name: &OsStr) -> Result<()> {
+    if let Some(base) = SafeDir::existing(base, LOCK_DIRS)? {
+        base.child(name)?;
     }
     Ok(())
 }
 
-/// Creates the lock directories (mode 0755) where missing and checks that
-/// both are private.
-pub fn prepare_dirs(base: &Path, job_dir: &Path) -> Result<()> {
-    for (dir, recursive) in [(base, true), (job_dir, false)] {
-        match DirBuilder::new()
-            .recursive(recursive)
-            .mode(DIR_MODE)
-            .create(dir)
-        {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(err) => {
-                return Err(err).with_context(|| {
-                    Fatal::usage(format!("cannot create lock directory {}", quoted(dir)))
-                        .hint("choose a writable directory on tmpfs with --lock-dir")
-                });
-            }
-        }
-        check_private(dir)?;
-    }
-    Ok(())
+/// Opens the lock directories, creating them (mode 0755) where missing;
+/// both must be private, and the job directory a real directory.
+pub fn prepare_dirs(base: &Path, name: &OsStr) -> Result<JobDir> {
+    let base = SafeDir::create(base, LOCK_DIRS)?;
+    Ok(JobDir {
+        dir: base.create_child(name)?,
+    })
 }
 
 /// The lock file of one instance.
 pub fn lock_path(job_dir: &Path, id: &OsStr) -> PathBuf {
+    job_dir.join(lock_name(id))
+}
+
+fn lock_name(id: &OsStr) -> String {
     let mut name = encode_id(id);
     name.push_str(".lock");
-    job_dir.join(name)
+    name
+}
+
+/// One job's lock directory, open: lock files are opened relative to it.
+#[derive(Debug)]
+pub struct JobDir {
+    dir: SafeDir,
+}
+
+impl JobDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Opens (creating if needed) and tries to lock an instance's lock
+    /// file: one `openat` and one `fstat`.
+    pub fn try_acquire(&self, id: &OsStr) -> std::result::Result<Attempt, LockError> {
+        let name = lock_name(id);
+        let (file, meta) = self.dir.open_own(
+            OsStr::new(&name),
+            "lock file",
+            rustix::fs::OFlags::RDWR,
+            FILE_MODE,
+        )?;
+        if meta.mode() & 0o077 != 0 {
+            // Left by an older scatter, or changed by hand: anyone who can
+            // open it can hold it.
+            let _ = rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(FILE_MODE));
+        }
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(Attempt::Acquired(Locked {
+                file,
+                len: meta.len(),
+                id,
+            })),
+            Err(fs::TryLockError::WouldBlock) => Ok(Attempt::Busy {
+                holder: Holder::read_from(&file),
+                lock: id,
+            }),
+            Err(fs::TryLockError::Error(err)) => Err(LockError::Io(io::Error::new(
+                err.kind(),
+                format!("cannot lock {}: {err}", quoted(self.dir.join(&name))),
+            ))),
+        }
+    }
 }
 
 /// The result of trying to lock an instance.
@@ -184,15 +186,20 @@ pub fn lock_path(job_dir: &Path, id: &OsStr) -> PathBuf {
 pub enum Attempt {
     /// We hold the lock on this descriptor.
     Acquired(Locked),
-    /// Someone else holds it; their record, if readable.
-    Busy(Option<Holder>),
+    /// Someone else holds it: their record, if readable, and the lock
+    /// file's identity, to recognise the processes that hold it.
+    Busy {
+        holder: Option<Holder>,
+        lock: FileId,
+    },
 }
 
-/// A lock file we hold, and its size when we took it.
+/// A lock file we hold, its size when we took it, and its identity.
 #[derive(Debug)]
 pub struct Locked {
     pub file: File,
     len: u64,
+    pub id: FileId,
 }
 
 impl Locked {
@@ -226,87 +233,21 @@ pub enum LockError {
     Io(io::Error),
 }
 
+impl From<FileError> for LockError {
+    fn from(err: FileError) -> LockError {
+        match err {
+            FileError::Refused(why) => LockError::Unsafe(why),
+            FileError::Io(err) => LockError::Io(err),
+        }
+    }
+}
+
 impl std::fmt::Display for LockError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LockError::Unsafe(why) => f.write_str(why),
             LockError::Io(err) => write!(f, "{err}"),
         }
-    }
-}
-
-/// Opens (creating if needed) and tries to lock an instance's lock file.
-pub fn try_acquire(path: &Path) -> std::result::Result<Attempt, LockError> {
-    let shown = quoted(path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(FILE_MODE)
-        // std adds O_CLOEXEC itself.
-        .custom_flags(libc_flags())
-        .open(path)
-        .map_err(|err| match rustix::io::Errno::from_io_error(&err) {
-            Some(rustix::io::Errno::LOOP) => LockError::Unsafe(format!(
-                "lock file {shown} is a symlink; refusing to follow it"
-            )),
-            Some(rustix::io::Errno::ISDIR) => {
-                LockError::Unsafe(format!("lock file {shown} is a directory"))
-            }
-            _ => LockError::Io(io::Error::new(
-                err.kind(),
-                format!("cannot open lock file {shown}: {err}"),
-            )),
-        })?;
-    let meta = file.metadata().map_err(|e| {
-        LockError::Io(io::Error::new(
-            e.kind(),
-            format!("cannot stat lock file {shown}: {e}"),
-        ))
-    })?;
-    if !meta.file_type().is_file() {
-        return Err(LockError::Unsafe(format!(
-            "lock file {shown} is not a regular file ({}); refusing to use it",
-            kind_of(&meta)
-        )));
-    }
-    let me = platform::euid();
-    if meta.uid() != me {
-        return Err(LockError::Unsafe(format!(
-            "lock file {shown} is owned by uid {}, not by uid {me} running scatter",
-            meta.uid()
-        )));
-    }
-    match file.try_lock() {
-        Ok(()) => Ok(Attempt::Acquired(Locked {
-            file,
-            len: meta.len(),
-        })),
-        Err(fs::TryLockError::WouldBlock) => Ok(Attempt::Busy(Holder::read_from(&file))),
-        Err(fs::TryLockError::Error(err)) => Err(LockError::Io(io::Error::new(
-            err.kind(),
-            format!("cannot lock {shown}: {err}"),
-        ))),
-    }
-}
-
-fn libc_flags() -> i32 {
-    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
-}
-
-fn kind_of(meta: &fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
     }
 }
 
@@ -534,6 +475,17 @@ mod tests {
         assert_eq!(Holder::parse(""), None);
     }
 
+    fn job(tmp: &tempfile::TempDir) -> JobDir {
+        prepare_dirs(tmp.path(), OsStr::new("job")).unwrap()
+    }
+
+    fn acquired(dir: &JobDir, id: &str) -> Locked {
+        match dir.try_acquire(OsStr::new(id)).unwrap() {
+            Attempt::Acquired(locked) => locked,
+            other => panic!("not acquired: {other:?}"),
+        }
+    }
+
     #[test]
     fn version_1_records_are_still_read() {
         let line = "scatter-holder/1 pid=1234 starttime=98765 started=1763900000.5 timeout=30.000000 grace=10.000000 run=42\n";
@@ -608,11 +560,10 @@ mod tests {
     #[test]
     fn records_replace_longer_old_content_and_keep_a_fixed_width() {
         let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("x.lock");
+        let dir = job(&tmp);
+        let path = dir.path().join("x.lock");
         std::fs::write(&path, "x".repeat(600)).unwrap();
-        let Attempt::Acquired(locked) = try_acquire(&path).unwrap() else {
-            panic!("not acquired")
-        };
+        let locked = acquired(&dir, "x");
         let h = Holder {
             pid: 7,
             starttime: StartTime::exact(8),
@@ -637,58 +588,101 @@ mod tests {
     #[test]
     fn second_lock_attempt_is_busy() {
         let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("a.lock");
-        let first = match try_acquire(&path).unwrap() {
-            Attempt::Acquired(locked) => locked,
-            other => panic!("{other:?}"),
-        };
-        assert!(matches!(try_acquire(&path).unwrap(), Attempt::Busy(None)));
+        let dir = job(&tmp);
+        let first = acquired(&dir, "a");
+        assert!(matches!(
+            dir.try_acquire(OsStr::new("a")).unwrap(),
+            Attempt::Busy { holder: None, .. }
+        ));
         drop(first);
-        assert!(matches!(try_acquire(&path).unwrap(), Attempt::Acquired(_)));
+        acquired(&dir, "a");
     }
 
     #[test]
-    fn planted_symlink_and_fifo_are_refused() {
+    fn lock_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
+        let dir = job(&tmp);
+        drop(acquired(&dir, "new"));
+        let old = dir.path().join("old.lock");
+        std::fs::write(&old, "").unwrap();
+        std::fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+        drop(acquired(&dir, "old"));
+        for name in ["new.lock", "old.lock"] {
+            let mode = fs::metadata(dir.path().join(name)).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn planted_symlink_fifo_and_hard_link_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = job(&tmp);
         let target = tmp.path().join("target");
         std::fs::write(&target, "precious").unwrap();
-        let link = tmp.path().join("l.lock");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        let err = try_acquire(&link).unwrap_err();
+        std::os::unix::fs::symlink(&target, dir.path().join("l.lock")).unwrap();
+        let err = dir.try_acquire(OsStr::new("l")).unwrap_err();
         assert!(
             matches!(err, LockError::Unsafe(ref m) if m.contains("symlink")),
             "{err}"
         );
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
 
-        let fifo = tmp.path().join("f.lock");
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &fifo,
+            dir.path().join("f.lock"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from(0o644),
             0,
         )
         .unwrap();
-        let err = try_acquire(&fifo).unwrap_err();
+        let err = dir.try_acquire(OsStr::new("f")).unwrap_err();
         assert!(
             matches!(err, LockError::Unsafe(ref m) if m.contains("FIFO")),
             "{err}"
         );
+
+        std::fs::hard_link(&target, dir.path().join("h.lock")).unwrap();
+        let err = dir.try_acquire(OsStr::new("h")).unwrap_err();
+        assert!(
+            matches!(err, LockError::Unsafe(ref m) if m.contains("hard links")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
     }
 
     #[test]
     fn world_writable_dir_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().join("locks");
         std::fs::create_dir(&base).unwrap();
         std::fs::set_permissions(&base, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = prepare_dirs(&base, &base.join("job")).unwrap_err();
+        let job = OsStr::new("job");
+        let err = prepare_dirs(&base, job).unwrap_err();
         assert!(format!("{err:#}").contains("world-writable"), "{err:#}");
+        assert!(
+            check_dirs(&base, job).is_err(),
+            "the dry run refuses it too"
+        );
         std::fs::set_permissions(&base, fs::Permissions::from_mode(0o755)).unwrap();
-        prepare_dirs(&base, &base.join("job")).unwrap();
-        let mode = fs::metadata(base.join("job")).unwrap().permissions().mode() & 0o777;
+        check_dirs(&base, job).unwrap();
+        assert!(!base.join("job").exists(), "the dry run creates nothing");
+        prepare_dirs(&base, job).unwrap();
+        let mode = fs::metadata(base.join("job")).unwrap().mode() & 0o777;
         assert_eq!(mode & 0o022, 0);
+    }
+
+    #[test]
+    fn a_job_dir_that_is_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let base = tmp.path().join("locks");
+        std::fs::create_dir(&base).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, base.join("job")).unwrap();
+        let err = prepare_dirs(&base, OsStr::new("job")).unwrap_err();
+        assert!(format!("{err:#}").contains("is a symlink"), "{err:#}");
     }
 
     #[test]

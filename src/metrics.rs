@@ -7,16 +7,34 @@
 //! labelled `instance_id` (Prometheus sets `instance` itself, to the scrape
 //! target) and jobs `scatter_name`; label values are escaped as the format
 //! requires, so no id can break a line or a label.
+//!
+//! The collector's directory may be shared with other users, so it is not
+//! required to be private: it is reached by [`crate::safedir`]'s symlink
+//! rule, and the file is replaced by a new temporary file (`O_EXCL`,
+//! `O_NOFOLLOW`) renamed over it, which replaces a symlink planted at the
+//! path instead of writing through it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+use crate::display::quoted;
 use crate::report::Report;
-use crate::state::{self, InstanceRecord};
+use crate::safedir::{DirKind, SafeDir};
+use crate::state::InstanceRecord;
+
+/// The metrics file's directory: may be shared (node_exporter's textfile
+/// directory), so only the symlink rule applies; never created.
+pub const METRICS_DIRS: DirKind = DirKind {
+    what: "metrics directory",
+    flag: "--metrics-file ",
+    mode: 0o755,
+    shared: true,
+};
 
 /// Everything one metrics file says.
 pub struct Snapshot<'a> {
@@ -126,7 +144,13 @@ fn key_id<'a>(instances: &'a BTreeMap<String, InstanceRecord>, key: &'a str) -> 
 
 /// Writes the file atomically, readable by node_exporter's user.
 pub fn write(path: &Path, s: &Snapshot<'_>) -> Result<()> {
-    state::write_atomic(path, render(s).as_bytes(), 0o644)
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        anyhow::bail!("--metrics-file {} does not name a file", quoted(path));
+    };
+    let dir = SafeDir::existing(dir, METRICS_DIRS)?
+        .with_context(|| format!("{} does not exist", quoted(dir)))?;
+    let text = render(s);
+    dir.write_atomic(name, 0o644, |out| out.write_all(text.as_bytes()))
 }
 
 /// Escapes a label value: backslash, double quote and newline.

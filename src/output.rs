@@ -4,7 +4,11 @@
 //! * `null`: discarded.
 //! * `dir=PATH`: each task's stdout and stderr go to `PATH/<encoded-id>.log`,
 //!   replaced on every run. Scatter opens the file, hands it to the task and
-//!   closes its own copy, so it holds no descriptor per running task.
+//!   closes its own copy, so it holds no descriptor per running task. The
+//!   directory is private (see [`crate::safedir`]) and held open for the
+//!   run; a log file is opened relative to it without following a symlink
+//!   or blocking on a FIFO, checked to be a regular file of ours, and only
+//!   then truncated. Anything else there fails that instance only.
 //! * `tag`: each task writes into a pipe that scatter reads; every line is
 //!   written to scatter's stdout as `<id>: line`, whole, so lines of two tasks
 //!   never mix. A last line without a newline gets one. After the task's
@@ -14,10 +18,11 @@
 //! * `on-failure`: like chronic, output is kept in a private spool directory
 //!   and shown (tagged) only if the task failed or timed out.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -25,10 +30,18 @@ use anyhow::{Context, Result};
 
 use crate::cli::OutputMode;
 use crate::display::quoted;
-use crate::exit::Fatal;
 use crate::lockname::encode_id;
 use crate::platform;
+use crate::safedir::{DirKind, SafeDir};
 use crate::spawn::Output;
+
+/// `--output dir=PATH`: private, created with mode 0750.
+pub const LOG_DIRS: DirKind = DirKind {
+    what: "log directory",
+    flag: "--output dir=",
+    mode: 0o750,
+    shared: false,
+};
 
 /// A line longer than this is cut and written in pieces, so a task that
 /// never prints a newline cannot make scatter's memory grow without bound.
@@ -38,6 +51,8 @@ const MAX_LINE: usize = 64 * 1024;
 pub struct Outputs {
     mode: OutputMode,
     spool: Option<tempfile::TempDir>,
+    /// `dir=PATH`: the log directory, open for the whole run.
+    logs: Option<SafeDir>,
     /// `/dev/null`, opened once: every task's stdin (and output with
     /// `null`) is a dup of it, cheaper than opening it per start.
     null: File,
@@ -75,18 +90,10 @@ impl Outputs {
                         "cannot create a spool directory for --output on-failure (check TMPDIR)",
                     )?,
             ),
-            OutputMode::Dir(dir) => {
-                match DirBuilder::new().recursive(true).mode(0o750).create(dir) {
-                    Ok(()) => {}
-                    Err(err) => {
-                        return Err(err).with_context(|| {
-                            Fatal::usage(format!("cannot create the log directory {}", quoted(dir)))
-                                .hint("choose a writable directory for --output dir=PATH")
-                        });
-                    }
-                }
-                None
-            }
+            _ => None,
+        };
+        let logs = match mode {
+            OutputMode::Dir(dir) => Some(SafeDir::create(dir, LOG_DIRS)?),
             _ => None,
         };
         let null = OpenOptions::new()
@@ -97,6 +104,7 @@ impl Outputs {
         Ok(Outputs {
             mode: mode.clone(),
             spool,
+            logs,
             null,
         })
     }
@@ -107,11 +115,7 @@ impl Outputs {
         let (out, capture) = match &self.mode {
             OutputMode::Inherit => ((Stdio::inherit(), Stdio::inherit()), Capture::None),
             OutputMode::Null => (both(self.null.try_clone()?)?, Capture::None),
-            OutputMode::Dir(dir) => {
-                let path = dir.join(format!("{}.log", encode_id(id)));
-                let file = open_log(&path, true, "log file")?;
-                (both(file)?, Capture::None)
-            }
+            OutputMode::Dir(_) => (both(self.open_dir_log(id)?)?, Capture::None),
             OutputMode::OnFailure => {
                 let dir = self
                     .spool
@@ -137,6 +141,39 @@ impl Outputs {
             stderr: out.1,
         };
         Ok((output, capture))
+    }
+
+    /// `dir=PATH`: opens an instance's log file for this run, empty.
+    fn open_dir_log(&self, id: &OsStr) -> io::Result<File> {
+        use rustix::fs::OFlags;
+        let dir = self
+            .logs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the log directory is not open"))?;
+        let name = format!("{}.log", encode_id(id));
+        let (file, _) = dir.open_own(
+            OsStr::new(&name),
+            "log file",
+            OFlags::WRONLY | OFlags::APPEND,
+            0o640,
+        )?;
+        // Checked: our own regular file with one link. Only now start this
+        // run's log afresh. The lock is held, so no earlier task of this
+        // instance is still writing (a child it left behind may be).
+        let fail = |what: &str, e: rustix::io::Errno| {
+            let e = io::Error::from(e);
+            io::Error::new(
+                e.kind(),
+                format!("cannot {what} log file {}: {e}", quoted(dir.join(&name))),
+            )
+        };
+        rustix::fs::ftruncate(&file, 0).map_err(|e| fail("truncate", e))?;
+        // The task gets an ordinary descriptor; O_NONBLOCK only guarded the
+        // open against a FIFO.
+        rustix::fs::fcntl_getfl(&file)
+            .and_then(|flags| rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK))
+            .map_err(|e| fail("set up", e))?;
+        Ok(file)
     }
 
     /// Reads what is available from a tag pipe and writes its whole lines.
@@ -180,6 +217,20 @@ impl Outputs {
         }
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// Checks `--output dir=PATH` before the run records anything: creates the
+/// directory and refuses it as a real run would, or, with `create` false
+/// (the dry run), checks it only if it exists.
+pub fn check_log_dir(mode: &OutputMode, create: bool) -> Result<()> {
+    if let OutputMode::Dir(dir) = mode {
+        if create {
+            SafeDir::create(dir, LOG_DIRS)?;
+        } else {
+            SafeDir::existing(dir, LOG_DIRS)?;
+        }
+    }
+    Ok(())
 }
 
 /// One file (or pipe end) as both stdout and stderr, so their order is kept.

@@ -48,6 +48,8 @@ pub struct Plan {
     /// The command resolved through PATH, when it is the same for everyone.
     pub program: Option<PathBuf>,
     template: Template,
+    /// The open job lock directory, once a real run has prepared it.
+    locks: Option<lock::JobDir>,
 }
 
 impl Plan {
@@ -90,6 +92,7 @@ impl Plan {
             entries,
             program: cfg.program.clone(),
             template: cfg.template.clone(),
+            locks: None,
         })
     }
 
@@ -117,6 +120,7 @@ impl Plan {
             entries,
             program: None,
             template: Template::parse(&["true".into()]).expect("a valid template"),
+            locks: None,
         }
     }
 
@@ -135,6 +139,21 @@ impl Plan {
 
     pub fn lock_path(&self, entry: &Entry) -> PathBuf {
         lock::lock_path(&self.lock_dir, &entry.id)
+    }
+
+    /// Gives a real run its open lock directory ([`lock::prepare_dirs`]).
+    pub fn attach_locks(&mut self, locks: lock::JobDir) {
+        self.locks = Some(locks);
+    }
+
+    /// Tries to take an instance's lock, in the attached lock directory.
+    pub fn try_lock(&self, entry: &Entry) -> Result<lock::Attempt, lock::LockError> {
+        match &self.locks {
+            Some(locks) => locks.try_acquire(&entry.id),
+            None => Err(lock::LockError::Io(std::io::Error::other(
+                "the lock directory was not opened",
+            ))),
+        }
     }
 
     pub fn argv(&self, entry: &Entry) -> Vec<OsString> {

@@ -16,6 +16,15 @@
 //! file under an exclusive `flock` on `instances.lock`, so neither loses the
 //! other's updates; a run record has a single writer.
 //!
+//! The directory and `runs/` are opened once, by [`crate::safedir`]'s rules
+//! (private; `runs/` never a symlink), and every file is reached through
+//! their descriptors, so a symlink planted later redirects nothing. Pruning
+//! deletes only regular files named as [`run_id`] names run records. Reads
+//! are bounded ([`MAX_INSTANCES_FILE`], [`MAX_RUN_RECORD`]) and never follow
+//! a symlink or block on a FIFO, and waiting for `instances.lock` is bounded
+//! too, so nothing in the directory can hang or exhaust a run or
+//! `scatter status`.
+//!
 //! All of this happens on one background thread fed by a channel, with
 //! instance updates batched every few seconds, so disk latency and fsync
 //! never delay a start. The thread never spawns anything; the files it opens
@@ -23,10 +32,10 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -44,6 +53,7 @@ use crate::lenient;
 use crate::lockname::encode_id;
 use crate::outcome::{Kind, Outcome, RunState, TaskResult};
 use crate::report::unix_secs;
+use crate::safedir::{DirKind, FileError, SafeDir};
 
 /// Where records go when nothing else is said: for root, and anyone who
 /// may write there.
@@ -56,6 +66,22 @@ const RUNS_DIR: &str = "runs";
 const INSTANCE_FLUSH: Duration = Duration::from_secs(5);
 /// How often the run record is rewritten while the run progresses.
 const RUN_FLUSH: Duration = Duration::from_secs(1);
+/// The most of `instances.json` that is read: 10,000 instances make a few
+/// megabytes, so this is far beyond any real file and still fits in memory.
+pub const MAX_INSTANCES_FILE: u64 = 256 << 20;
+/// The most of one run record that is read; a real one is under 1 KiB.
+pub const MAX_RUN_RECORD: u64 = 1 << 20;
+/// How long a merge waits for another run to release `instances.lock`; a
+/// merge takes well under a second, so a holder this slow is stuck.
+const MERGE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// The state directory and `runs/`: private, created with mode 0755.
+pub const STATE_DIRS: DirKind = DirKind {
+    what: "state directory",
+    flag: "--state-dir ",
+    mode: 0o755,
+    shared: false,
+};
 
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,10 +229,13 @@ pub struct Event {
     pub result: TaskResult,
 }
 
-/// The state directory of one job.
+/// The state directory of one job, open.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pub path: PathBuf,
+    dir: Arc<SafeDir>,
+    /// `runs/`; `None` when reading a state directory that has none.
+    runs: Option<Arc<SafeDir>>,
 }
 
 impl StateDir {
@@ -237,67 +266,92 @@ impl StateDir {
         }
     }
 
-    /// Opens the directory for writing, creating it (mode 0755) if needed.
+    /// Opens the directory and `runs/` for writing, creating them (mode
+    /// 0755) if needed; both must be private, and `runs/` a real directory.
     pub fn create(path: &Path) -> Result<StateDir> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(path.join(RUNS_DIR))
-            .with_context(|| format!("cannot create state directory {}", quoted(path)))?;
+        let dir = SafeDir::create(path, STATE_DIRS)?;
+        let runs = dir.create_child(OsStr::new(RUNS_DIR))?;
         Ok(StateDir {
             path: path.to_path_buf(),
+            dir: Arc::new(dir),
+            runs: Some(Arc::new(runs)),
         })
     }
 
-    /// Opens an existing directory for reading.
+    /// Opens an existing directory for reading (`scatter status`). It may
+    /// belong to another user (a monitoring user reads root's state), but
+    /// nothing in it is followed through a symlink.
     pub fn existing(path: &Path) -> Result<StateDir> {
-        if !path.join(INSTANCES_FILE).exists() && !path.join(RUNS_DIR).exists() {
-            return Err(Fatal::no_input(format!("no scatter state in {}", quoted(path)))
+        let none = || {
+            Fatal::no_input(format!("no scatter state in {}", quoted(path)))
                 .hint("scatter run writes it; check --name, --instances or --state-dir, and that a run has happened")
-                .into());
+        };
+        let dir = SafeDir::for_reading(path, STATE_DIRS)?.ok_or_else(none)?;
+        let runs = dir.child(OsStr::new(RUNS_DIR))?;
+        if runs.is_none() && dir.stat(OsStr::new(INSTANCES_FILE)).is_err() {
+            return Err(none().into());
         }
         Ok(StateDir {
             path: path.to_path_buf(),
+            dir: Arc::new(dir),
+            runs: runs.map(Arc::new),
         })
     }
 
     /// Every instance record, keyed by encoded id.
     pub fn instances(&self) -> Result<BTreeMap<String, InstanceRecord>> {
-        let path = self.path.join(INSTANCES_FILE);
-        match File::open(&path) {
-            Ok(file) => {
-                let reader = io::BufReader::with_capacity(64 * 1024, file);
-                let file: InstancesFile = serde_json::from_reader(reader)
-                    .with_context(|| format!("{} is not a scatter state file", quoted(&path)))?;
-                Ok(file.instances)
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(err) => Err(err).with_context(|| format!("cannot read {}", quoted(&path))),
-        }
+        let name = OsStr::new(INSTANCES_FILE);
+        let path = self.dir.join(name);
+        let Some((file, _)) = self
+            .dir
+            .open_read(name, "state file", MAX_INSTANCES_FILE)
+            .with_context(|| format!("cannot read {}", quoted(&path)))?
+        else {
+            return Ok(BTreeMap::new());
+        };
+        let reader = io::BufReader::with_capacity(64 * 1024, file);
+        let file: InstancesFile = serde_json::from_reader(reader)
+            .with_context(|| format!("{} is not a scatter state file", quoted(&path)))?;
+        Ok(file.instances)
     }
 
     /// Every run record, oldest first.
     pub fn runs(&self) -> Result<Vec<RunRecord>> {
-        let dir = self.path.join(RUNS_DIR);
+        let Some(dir) = &self.runs else {
+            return Ok(Vec::new());
+        };
         let mut runs = Vec::new();
-        for name in sorted_names(&dir)? {
+        for name in run_record_names(dir)? {
             let path = dir.join(&name);
-            match fs::read(&path).map(|b| serde_json::from_slice::<RunRecord>(&b)) {
-                Ok(Ok(run)) => runs.push(run),
-                // Removed by pruning, or not ours: not worth failing over.
-                Ok(Err(err)) => debug!("ignoring {}: {err}", quoted(&path)),
-                Err(err) => debug!("ignoring {}: {err}", quoted(&path)),
+            match dir.read(&name, "run record", MAX_RUN_RECORD) {
+                Ok(Some(bytes)) => match serde_json::from_slice::<RunRecord>(&bytes) {
+                    Ok(run) if run_file_name(&run.run_id) == name => runs.push(run),
+                    Ok(_) => debug!("ignoring {}: not the run its name says", quoted(&path)),
+                    Err(err) => debug!("ignoring {}: {err}", quoted(&path)),
+                },
+                // Removed by pruning since the listing.
+                Ok(None) => {}
+                Err(FileError::Refused(why)) => warn!("ignoring a run record: {why}"),
+                Err(FileError::Io(err)) => debug!("ignoring {}: {err}", quoted(&path)),
             }
         }
         Ok(runs)
     }
 
     fn write_run(&self, run: &RunRecord) -> Result<()> {
-        let path = self
-            .path
-            .join(RUNS_DIR)
-            .join(format!("{}.json", run.run_id));
-        write_atomic(&path, &serde_json::to_vec(run)?, 0o644)
+        let dir = self
+            .runs
+            .as_ref()
+            .context("the state directory was opened for reading")?;
+        anyhow::ensure!(
+            is_run_id(run.run_id.as_bytes()),
+            "{} is not a run id",
+            quoted(&run.run_id)
+        );
+        let bytes = serde_json::to_vec(run)?;
+        dir.write_atomic(&run_file_name(&run.run_id), 0o644, |out| {
+            out.write_all(&bytes)
+        })
     }
 
     /// Applies events to `instances.json` under its lock, and forgets
@@ -307,17 +361,19 @@ impl StateDir {
         events: &[Event],
         keep: Option<&[String]>,
     ) -> Result<BTreeMap<String, InstanceRecord>> {
-        let lock_path = self.path.join(INSTANCES_LOCK);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&lock_path)
-            .with_context(|| format!("cannot open {}", quoted(&lock_path)))?;
-        lock.lock()
-            .with_context(|| format!("cannot lock {}", quoted(&lock_path)))?;
+        let lock_name = OsStr::new(INSTANCES_LOCK);
+        let lock_path = self.dir.join(lock_name);
+        // Readable by its owner only: anyone who can open it could hold it.
+        let (lock, meta) = self.dir.open_own(
+            lock_name,
+            "state lock file",
+            rustix::fs::OFlags::RDWR,
+            0o600,
+        )?;
+        if meta.mode() & 0o077 != 0 {
+            let _ = rustix::fs::fchmod(&lock, rustix::fs::Mode::from_raw_mode(0o600));
+        }
+        lock_within(&lock, &lock_path, MERGE_LOCK_WAIT)?;
         let mut records = self.instances()?;
         for event in events {
             let key = encode_id(&event.id);
@@ -333,32 +389,105 @@ impl StateDir {
         };
         // Streamed: 10,000 records make a file of a few megabytes, not worth
         // holding twice in memory.
-        write_atomic_with(&self.path.join(INSTANCES_FILE), 0o644, |out| {
-            let mut out = io::BufWriter::with_capacity(64 * 1024, out);
-            serde_json::to_writer(&mut out, &file)?;
-            out.flush()
-        })?;
+        self.dir
+            .write_atomic(OsStr::new(INSTANCES_FILE), 0o644, |out| {
+                let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+                serde_json::to_writer(&mut out, &file)?;
+                out.flush()
+            })?;
         Ok(file.instances)
     }
 
     /// Deletes all but the newest `keep` run records (never `current`).
+    /// Only regular files named as run records count, and only they are
+    /// deleted, by name relative to `runs/`.
     fn prune_runs(&self, keep: usize, current: &str) -> Result<()> {
-        let dir = self.path.join(RUNS_DIR);
-        let names = sorted_names(&dir)?;
+        let Some(dir) = &self.runs else {
+            return Ok(());
+        };
+        let names = run_record_names(dir)?;
         let excess = names.len().saturating_sub(keep);
+        let current = run_file_name(current);
         for name in names.into_iter().take(excess) {
-            if name.as_bytes().strip_suffix(b".json") == Some(current.as_bytes()) {
+            if name == current {
                 continue;
             }
-            if let Err(err) = fs::remove_file(dir.join(&name))
-                && err.kind() != io::ErrorKind::NotFound
-            {
-                return Err(err)
-                    .with_context(|| format!("cannot prune {}", quoted(dir.join(&name))));
-            }
+            dir.remove_file(&name)
+                .with_context(|| format!("cannot prune {}", quoted(dir.join(&name))))?;
         }
         Ok(())
     }
+}
+
+/// Takes the exclusive lock on `file`, waiting at most `wait` for another
+/// holder: a stuck holder costs this merge, not the run.
+fn lock_within(file: &File, path: &Path, wait: Duration) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!(
+                    "{} is still locked by another process after {}; not waiting longer",
+                    quoted(path),
+                    humantime::format_duration(wait)
+                )
+            }
+            Err(std::fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("cannot lock {}", quoted(path)));
+            }
+        }
+    }
+}
+
+/// `<run-id>.json`.
+fn run_file_name(run_id: &str) -> OsString {
+    OsString::from(format!("{run_id}.json"))
+}
+
+/// Whether `id` is shaped as [`run_id`] makes them:
+/// `YYYYMMDDTHHMMSS.mmmZ-PID`.
+fn is_run_id(id: &[u8]) -> bool {
+    let digits =
+        |r: std::ops::Range<usize>| id.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let at = |i: usize, b: u8| id.get(i) == Some(&b);
+    id.len() > 21
+        && id.len() <= 31
+        && digits(0..8)
+        && at(8, b'T')
+        && digits(9..15)
+        && at(15, b'.')
+        && digits(16..19)
+        && at(19, b'Z')
+        && at(20, b'-')
+        && digits(21..id.len())
+}
+
+/// The run records in `runs/`, oldest first: regular files named
+/// `<run-id>.json`. Anything else there is neither read nor deleted.
+fn run_record_names(dir: &SafeDir) -> Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = dir
+        .entries()?
+        .into_iter()
+        .filter(|(name, _)| {
+            name.as_bytes()
+                .strip_suffix(b".json")
+                .is_some_and(is_run_id)
+        })
+        .filter(|(name, kind)| match kind {
+            rustix::fs::FileType::RegularFile => true,
+            rustix::fs::FileType::Unknown => dir.is_regular(name),
+            _ => false,
+        })
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn writable_or_creatable(dir: &Path) -> bool {
@@ -374,19 +503,6 @@ fn writable_or_creatable(dir: &Path) -> bool {
             None => return false,
         }
     }
-}
-
-fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
-    let mut names: Vec<OsString> = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .filter(|n| n.as_bytes().ends_with(b".json") && !n.as_bytes().starts_with(b"."))
-            .collect(),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(err) => return Err(err).with_context(|| format!("cannot list {}", quoted(dir))),
-    };
-    names.sort();
-    Ok(names)
 }
 
 /// Merges one event into an instance's record.
@@ -422,39 +538,6 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
             }
         }
     }
-}
-
-/// Replaces `path` atomically: a temporary file in the same directory,
-/// fsync, rename over `path`, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    write_atomic_with(path, mode, |out| out.write_all(bytes))
-}
-
-/// [`write_atomic`], with the contents written by `fill`.
-pub fn write_atomic_with(
-    path: &Path,
-    mode: u32,
-    fill: impl FnOnce(&mut File) -> io::Result<()>,
-) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".scatter-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", quoted(dir)))?;
-    let file = tmp.as_file_mut();
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .and_then(|()| fill(file))
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", quoted(tmp.path())))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot replace {}", quoted(path)))?;
-    // Make the rename itself durable.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// The id of a run: its UTC start and pid, sortable by time.
@@ -678,23 +761,26 @@ mod tests {
         assert_eq!(kept.keys().collect::<Vec<_>>(), ["b"]);
     }
 
+    fn record(i: u64, state: RunState) -> RunRecord {
+        RunRecord {
+            run_id: run_id(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000 + i),
+                42,
+            ),
+            state,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn writer_writes_runs_and_prunes_old_ones() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::create(tmp.path()).unwrap();
-        for i in 0..5 {
-            let run = RunRecord {
-                run_id: format!("2026{i:02}"),
-                state: RunState::Finished,
-                ..Default::default()
-            };
-            dir.write_run(&run).unwrap();
+        let old: Vec<RunRecord> = (0..5).map(|i| record(i, RunState::Finished)).collect();
+        for run in &old {
+            dir.write_run(run).unwrap();
         }
-        let progress = Progress::new(RunRecord {
-            run_id: "202699".into(),
-            state: RunState::Running,
-            ..Default::default()
-        });
+        let progress = Progress::new(record(99, RunState::Running));
         let writer = Writer::start(dir.clone(), Arc::clone(&progress), 3).unwrap();
         writer.event(event("x", Outcome::Ok));
         progress.update(|r| r.state = RunState::Finished);
@@ -703,25 +789,123 @@ mod tests {
         assert!(done.instances.unwrap().contains_key("x"));
         let runs = dir.runs().unwrap();
         let ids: Vec<_> = runs.iter().map(|r| r.run_id.as_str()).collect();
-        assert_eq!(ids, ["202603", "202604", "202699"]);
+        assert_eq!(
+            ids,
+            [
+                &old[3].run_id,
+                &old[4].run_id,
+                &record(99, RunState::Running).run_id
+            ]
+        );
         assert_eq!(runs[2].state, RunState::Finished);
+    }
+
+    #[test]
+    fn pruning_deletes_only_regular_files_named_as_run_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(tmp.path()).unwrap();
+        let runs = tmp.path().join("runs");
+        let victim = tmp.path().join("victim.json");
+        std::fs::write(&victim, "{}").unwrap();
+        // Named like the oldest record, but a symlink; and files scatter
+        // never names so.
+        let link = runs.join(format!("{}.json", record(0, RunState::Finished).run_id));
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        for name in ["notes.json", "20261123.json", ".hidden.json", "x"] {
+            std::fs::write(runs.join(name), "{}").unwrap();
+        }
+        for i in 1..6 {
+            dir.write_run(&record(i, RunState::Finished)).unwrap();
+        }
+        dir.prune_runs(2, &record(5, RunState::Finished).run_id)
+            .unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&runs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            ".hidden.json".to_string(),
+            "20261123.json".into(),
+            format!("{}.json", record(0, RunState::Finished).run_id),
+            format!("{}.json", record(4, RunState::Finished).run_id),
+            format!("{}.json", record(5, RunState::Finished).run_id),
+            "notes.json".into(),
+            "x".into(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "{}");
+        // status reads only the real records.
+        assert_eq!(dir.runs().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn run_ids_are_recognised_exactly() {
+        let id = run_id(SystemTime::now(), 4_194_304);
+        assert!(is_run_id(id.as_bytes()), "{id}");
+        assert!(is_run_id(b"20261123T152254.123Z-42"));
+        for bad in [
+            "",
+            "20261123T152254.123Z-",
+            "20261123T152254.123Z-4x",
+            "20261123X152254.123Z-42",
+            "2026112T152254.123Z-42",
+            "../20261123T152254.123Z-42",
+            "20261123T152254.123Z-42/x",
+        ] {
+            assert!(!is_run_id(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_planted_instances_lock_symlink_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(tmp.path()).unwrap();
+        let target = tmp.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, tmp.path().join(INSTANCES_LOCK)).unwrap();
+        let err = dir.merge(&[event("a", Outcome::Ok)], None).unwrap_err();
+        assert!(format!("{err:#}").contains("is a symlink"), "{err:#}");
+        assert!(!target.exists());
+        assert!(!tmp.path().join(INSTANCES_FILE).exists());
+    }
+
+    #[test]
+    fn a_merge_waits_for_the_instances_lock_a_bounded_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(tmp.path()).unwrap();
+        dir.merge(&[], None).unwrap();
+        let path = tmp.path().join(INSTANCES_LOCK);
+        let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let holder = File::open(&path).unwrap();
+        holder.lock().unwrap();
+        let mine = File::open(&path).unwrap();
+        let started = Instant::now();
+        let err = lock_within(&mine, &path, Duration::from_millis(300)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(format!("{err:#}").contains("still locked"), "{err:#}");
+        drop(holder);
+        lock_within(&mine, &path, Duration::from_millis(300)).unwrap();
+    }
+
+    #[test]
+    fn oversized_state_files_are_refused_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::create(tmp.path()).unwrap();
+        let big = File::create(tmp.path().join(INSTANCES_FILE)).unwrap();
+        big.set_len(MAX_INSTANCES_FILE + 1).unwrap();
+        let err = dir.instances().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("more than the 256 MiB"),
+            "{err:#}"
+        );
     }
 
     #[test]
     fn run_ids_sort_by_time() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_447_374_123);
         assert_eq!(run_id(t, 42), "20261123T152254.123Z-42");
-    }
-
-    #[test]
-    fn atomic_write_leaves_no_temporary_files() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("x.json");
-        write_atomic(&path, b"one", 0o644).unwrap();
-        write_atomic(&path, b"two", 0o644).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o644);
     }
 }

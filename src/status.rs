@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
+use rustix::fs::FileType;
 use serde::Serialize;
 
 use crate::cli::{Format, StatusArgs};
@@ -33,6 +34,7 @@ use crate::lockname::decode_stem;
 use crate::outcome::RunState;
 use crate::platform;
 use crate::report::unix_secs;
+use crate::safedir::SafeDir;
 use crate::state::{InstanceRecord, RunRecord, StateDir};
 
 /// Runs `scatter status` and returns its exit code.
@@ -237,28 +239,28 @@ fn run_view(r: &RunRecord, now: f64) -> RunView {
     }
 }
 
-/// The lock files in `lock_dir` that some process holds right now.
+/// The lock files in `lock_dir` that some process holds right now. Entries
+/// are examined with `lstat`, and a held one is opened without following a
+/// symlink or blocking, so nothing planted there can hang the status.
 fn running_tasks(
     lock_dir: &Path,
     records: &BTreeMap<String, InstanceRecord>,
     now: SystemTime,
 ) -> Result<Vec<RunningTask>> {
     let held = platform::held_flocks().context("cannot read /proc/locks")?;
-    let entries = match std::fs::read_dir(lock_dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(err).with_context(|| format!("cannot list {}", quoted(lock_dir))),
+    let Some(dir) = SafeDir::for_reading(lock_dir, lock::LOCK_DIRS)? else {
+        return Ok(Vec::new());
     };
     let mut running = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
+    for (name, _) in dir.entries()? {
         let Some(stem) = name.as_bytes().strip_suffix(b".lock") else {
             continue;
         };
-        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+        let Ok(st) = dir.stat(&name) else {
             continue;
         };
-        if !meta.is_file() || !held.contains(&(meta.dev(), meta.ino())) {
+        let key = (wide(st.st_dev), wide(st.st_ino));
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || !held.contains(&key) {
             continue;
         }
         let stem = String::from_utf8_lossy(stem).into_owned();
@@ -270,12 +272,16 @@ fn running_tasks(
                     Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
                     None => stem.clone(),
                 });
-        let holder = std::fs::File::open(entry.path())
-            .ok()
-            .and_then(|f| Holder::read_from(&f));
+        // Holder records are one short line; read_from reads 512 bytes.
+        let holder = match dir.open_read(&name, "lock file", u64::MAX) {
+            Ok(Some((file, meta))) if (meta.dev(), meta.ino()) == key => {
+                Holder::read_from(file.get_ref())
+            }
+            _ => None,
+        };
         running.push(RunningTask {
             id,
-            lock: entry.path().to_string_lossy().into_owned(),
+            lock: dir.join(&name).to_string_lossy().into_owned(),
             pid: holder.as_ref().map(|h| h.pid),
             started: holder.as_ref().map(|h| unix_secs(h.started)),
             running_secs: holder.as_ref().map(|h| {
@@ -287,6 +293,11 @@ fn running_tasks(
     }
     running.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(running)
+}
+
+/// A device or inode number as `u64`, whatever width `struct stat` gives.
+fn wide<T: Into<u64>>(n: T) -> u64 {
+    n.into()
 }
 
 const RED: &str = "\x1b[31m";

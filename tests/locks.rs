@@ -179,7 +179,9 @@ fn lock_files_are_private_and_reused() {
     let fx = Fixture::with(&["a"]);
     run(fx.run(&["--", "true"]), fx.tmp.path()).expect_code(0);
     let meta = std::fs::metadata(fx.lock_file("a")).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    // flock needs only read access: a lock file others could open is a
+    // lock they could hold.
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     let dir = std::fs::metadata(fx.locks.join("instances")).unwrap();
     assert_eq!(dir.permissions().mode() & 0o022, 0);
     // A second run reuses the same file (never unlinked).

@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -97,7 +96,7 @@ impl<'a> Processes<'a> {
 
     /// Decides what a busy lock means: another run's task, or a hung one
     /// whose run died, which is then killed.
-    fn busy(&mut self, tag: &str, id: &OsStr, holder: Option<Holder>, lock_path: &Path) -> Skip {
+    fn busy(&mut self, tag: &str, id: &OsStr, holder: Option<Holder>, lock: FileId) -> Skip {
         let raw = id.to_string_lossy();
         let Some(holder) = holder else {
             let who = "another process (no holder record in the lock file)".to_string();
@@ -109,8 +108,7 @@ impl<'a> Processes<'a> {
             info!(instance = &*raw; "{tag}: skipped: lock is held by {who}");
             return Skip::Locked(who);
         }
-        let group = lock_file_id(lock_path).and_then(|file| reclaim::verified_group(&holder, file));
-        let Some(group) = group else {
+        let Some(group) = reclaim::verified_group(&holder, lock) else {
             info!(
                 instance = &*raw;
                 "{tag}: skipped: lock is held by {who}, past its timeout, but its run may still be alive or no process of its group holds the lock"
@@ -194,18 +192,14 @@ impl Host for Processes<'_> {
             info!(instance = &*entry.id.to_string_lossy(); "{tag}: skipped: its directory no longer exists");
             return Started::Skipped(Skip::Vanished);
         }
-        let lock_path = self.plan.lock_path(entry);
-        let file = match lock::try_acquire(&lock_path) {
+        let file = match self.plan.try_lock(entry) {
             Ok(Attempt::Acquired(locked)) => locked,
-            Ok(Attempt::Busy(holder)) => {
-                return Started::Skipped(self.busy(&tag, &entry.id, holder, &lock_path));
+            Ok(Attempt::Busy { holder, lock }) => {
+                return Started::Skipped(self.busy(&tag, &entry.id, holder, lock));
             }
             Err(err) => return Self::failed(err.to_string(), exit::FAILURE),
         };
-        let lock_id = match FileId::of(&file.file) {
-            Ok(id) => id,
-            Err(err) => return Self::failed(err.to_string(), exit::FAILURE),
-        };
+        let lock_id = file.id;
         let (output, capture) = match self.outputs.for_task(&entry.id, entry.slot) {
             Ok(pair) => pair,
             Err(err) => return Self::failed(err.to_string(), exit::FAILURE),
@@ -407,16 +401,6 @@ impl Host for Processes<'_> {
     fn pending(&self) -> Option<Instant> {
         self.hung.iter().map(|h| h.kill_at).min()
     }
-}
-
-/// The lock file's identity, for recognising the processes that hold it.
-fn lock_file_id(path: &Path) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    Some(FileId {
-        dev: meta.dev(),
-        ino: meta.ino(),
-    })
 }
 
 fn signal_group(pgid: i32, sig: i32, tag: &str) {
