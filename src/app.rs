@@ -17,11 +17,11 @@ use crate::{discovery, dryrun, exit, lock, output};
 /// Runs `scatter run` and returns the process exit code.
 pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
     let cfg = RunConfig::from_args(args)?;
-    let ids = discovery::discover(&cfg.instances)?;
-    let mut plan = Plan::build(&cfg, ids)?;
+    let ids = discovery::discover(&cfg.plan.instances)?;
+    let mut plan = Plan::build(&cfg.plan, ids)?;
     if cfg.dry_run {
         // The same checks as a real run, on what exists; nothing is created.
-        lock::check_dirs(&cfg.lock_base, &cfg.name)?;
+        lock::check_dirs(&cfg.lock_base, &cfg.plan.name)?;
         output::check_log_dir(&cfg.supervision.output, false)?;
         // stdout is line-buffered; a plan can have 100,000 lines.
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
@@ -29,13 +29,16 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
         out.flush().context("cannot write the plan to stdout")?;
         return Ok(exit::OK);
     }
-    plan.attach_locks(lock::prepare_dirs(&cfg.lock_base, &cfg.name)?);
+    plan.attach_locks(lock::prepare_dirs(&cfg.lock_base, &cfg.plan.name)?);
     // Refused before the run is recorded: nothing starts, nothing is written.
     output::check_log_dir(&cfg.supervision.output, true)?;
     if plan.entries.is_empty() {
-        debug!("no instances in {}; nothing to do", quoted(&cfg.instances));
+        debug!(
+            "no instances in {}; nothing to do",
+            quoted(&cfg.plan.instances)
+        );
     }
-    let mut history = History::start(&cfg, &plan, &begun);
+    let mut history = History::start(&cfg.history, &plan, &begun);
     let report = supervise::run(&plan, &begun, &cfg.supervision, &mut history)?;
     let code = report.exit_code(&plan);
     // Problems with the history files were logged as warnings when they

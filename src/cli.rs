@@ -15,6 +15,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
 use crate::logging::Sink;
+use crate::plan::Order;
 use crate::shard::{self, Shard};
 
 const ABOUT: &str =
@@ -220,25 +221,6 @@ pub struct RunArgs {
     #[arg(last = true, required = true, value_name = "COMMAND",
           value_parser = OsStringValueParser::new(), num_args = 1..)]
     pub command: Vec<OsString>,
-}
-
-/// The order of starts within the window.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    /// Bytewise by instance id.
-    Name,
-    /// By a stable hash of the id, so an instance keeps nearly the same slot
-    /// as others come and go.
-    Hash,
-}
-
-impl Order {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Order::Name => "name",
-            Order::Hash => "hash",
-        }
-    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,18 +4,22 @@
 //! any directory is listed or any lock is taken: unknown placeholders, an
 //! empty command, a name that is not one path component, an unusable lock
 //! directory. The dry run and the real run both start from a `RunConfig`.
+//!
+//! This is the one module that knows both the flags (`cli`) and the domain
+//! types they become (`plan::Spec`, `supervise::Options`, `history::Spec`).
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use log::warn;
 
-use crate::cli::{Format, Order, OutputMode, RunArgs};
+use crate::cli::{Format, OutputMode, RunArgs};
 use crate::display::quoted;
 use crate::exit::{self, Fatal};
+use crate::history;
 use crate::lock;
+use crate::plan;
 use crate::shard::Shard;
 use crate::state::StateDir;
 use crate::supervise::Options;
@@ -24,29 +28,16 @@ use crate::template::Template;
 /// A validated `scatter run`.
 #[derive(Debug)]
 pub struct RunConfig {
-    /// Absolute path of the instances directory (symlinks not resolved).
-    pub instances: PathBuf,
-    /// Job name: the lock subdirectory.
-    pub name: OsString,
-    /// `<lock base>/<name>`, holding one lock file per instance.
-    pub lock_dir: PathBuf,
+    /// What decides the plan.
+    pub plan: plan::Spec,
+    /// The lock base directory; the job's locks are in `plan.lock_dir`.
     pub lock_base: PathBuf,
-    pub window: Duration,
-    pub order: Order,
-    pub only: Vec<OsString>,
     pub dry_run: bool,
     pub format: Format,
-    pub template: Template,
-    /// The command resolved through PATH once, when it has no placeholder.
-    pub program: Option<PathBuf>,
     /// Concurrency cap, timeouts, detach, output.
     pub supervision: Options,
-    /// `--shard` / `JOB_COMPLETION_INDEX` with `--shards`.
-    pub shard: Option<Shard>,
-    /// Where run and instance records go; `None` if no directory is usable.
-    pub state_dir: Option<PathBuf>,
-    pub keep_runs: usize,
-    pub metrics_file: Option<PathBuf>,
+    /// Where the run's records and metrics go.
+    pub history: history::Spec,
 }
 
 impl RunConfig {
@@ -108,22 +99,26 @@ impl RunConfig {
             })
             .transpose()?;
         Ok(RunConfig {
-            instances,
-            name,
-            lock_dir,
+            plan: plan::Spec {
+                instances,
+                name,
+                lock_dir,
+                window: args.window,
+                order: args.order,
+                only: args.only,
+                shard,
+                template,
+                program,
+            },
             lock_base,
-            window: args.window,
-            order: args.order,
-            only: args.only,
             dry_run: args.dry_run,
             format: args.format,
-            template,
-            program,
             supervision,
-            shard,
-            state_dir,
-            keep_runs: args.keep_runs,
-            metrics_file,
+            history: history::Spec {
+                state_dir,
+                keep_runs: args.keep_runs,
+                metrics_file,
+            },
         })
     }
 }

@@ -11,15 +11,26 @@ use std::time::{Duration, SystemTime};
 
 use log::warn;
 
-use crate::config::RunConfig;
+use crate::display::unix_secs;
 use crate::lockname::encode_id;
 use crate::metrics;
 use crate::outcome::{Outcome, RunState, TaskResult};
 use crate::plan::Plan;
 use crate::platform;
-use crate::report::{Report, unix_secs};
+use crate::report::Report;
 use crate::state::{self, Event, InstanceRecord, Progress, RunRecord, StateDir, Trigger, Writer};
 use crate::supervise::{Observer, RunStart};
+
+/// Where a run's history goes.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Where run and instance records go; `None` if no directory is usable.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Run records to keep.
+    pub keep_runs: usize,
+    /// `--metrics-file`.
+    pub metrics_file: Option<std::path::PathBuf>,
+}
 
 pub struct History<'a> {
     plan: &'a Plan,
@@ -38,7 +49,7 @@ impl<'a> History<'a> {
     /// Starts recording: creates the state directory and writes the run
     /// record. Without a usable state directory, the run goes ahead and
     /// only the metrics file (if asked for) is written.
-    pub fn start(cfg: &RunConfig, plan: &'a Plan, clock: &RunStart) -> History<'a> {
+    pub fn start(cfg: &Spec, plan: &'a Plan, clock: &RunStart) -> History<'a> {
         let trigger = if plan.manual {
             Trigger::Manual
         } else {

@@ -13,6 +13,7 @@ pub mod docs;
 pub mod dryrun;
 pub mod exit;
 pub mod history;
+pub mod idhash;
 pub mod lenient;
 pub mod lock;
 pub mod lockname;

@@ -6,21 +6,60 @@
 //! supervisor sleeps to these absolute deadlines, so no error accumulates
 //! from one start to the next. `--only` plans start everything at once.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use sha2::{Digest, Sha256};
+use clap::ValueEnum;
 
-use crate::cli::Order;
-use crate::config::RunConfig;
 use crate::display::quoted;
 use crate::exit::Fatal;
+use crate::idhash::hash_key;
 use crate::lock;
 use crate::shard::Shard;
 use crate::template::Template;
+
+/// The order of starts within the window.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Bytewise by instance id.
+    Name,
+    /// By a stable hash of the id, so an instance keeps nearly the same slot
+    /// as others come and go.
+    Hash,
+}
+
+impl Order {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Order::Name => "name",
+            Order::Hash => "hash",
+        }
+    }
+}
+
+/// What decides a plan, apart from the instances found: the validated
+/// flags of `scatter run`.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Absolute path of the instances directory (symlinks not resolved).
+    pub instances: PathBuf,
+    /// Job name: the lock subdirectory.
+    pub name: OsString,
+    /// `<lock base>/<name>`, holding one lock file per instance.
+    pub lock_dir: PathBuf,
+    pub window: Duration,
+    pub order: Order,
+    /// `--only`: run just these, at once.
+    pub only: Vec<OsString>,
+    /// `--shard` / `JOB_COMPLETION_INDEX` with `--shards`.
+    pub shard: Option<Shard>,
+    pub template: Template,
+    /// The command resolved through PATH once, when it has no placeholder.
+    pub program: Option<PathBuf>,
+}
 
 /// One planned start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,18 +93,18 @@ pub struct Plan {
 
 impl Plan {
     /// Builds the plan from the discovered ids (sorted bytewise).
-    pub fn build(cfg: &RunConfig, ids: Vec<OsString>) -> Result<Plan> {
-        let manual = !cfg.only.is_empty();
+    pub fn build(spec: &Spec, ids: Vec<OsString>) -> Result<Plan> {
+        let manual = !spec.only.is_empty();
         // `--only` runs exactly what was asked, whatever the shard.
-        let shard = if manual { None } else { cfg.shard };
+        let shard = if manual { None } else { spec.shard };
         let ids = if manual {
-            select(&cfg.instances, ids, &cfg.only)?
+            select(&spec.instances, ids, &spec.only)?
         } else {
             let mine = match shard {
                 Some(shard) => ids.into_iter().filter(|id| shard.owns(id)).collect(),
                 None => ids,
             };
-            order(mine, cfg.order)
+            order(mine, spec.order)
         };
         let n = ids.len();
         let entries = ids
@@ -76,52 +115,42 @@ impl Plan {
                 offset: if manual {
                     Duration::ZERO
                 } else {
-                    offset(cfg.window, slot, n)
+                    offset(spec.window, slot, n)
                 },
                 id,
             })
             .collect();
         Ok(Plan {
-            instances: cfg.instances.clone(),
-            name: cfg.name.clone(),
-            lock_dir: cfg.lock_dir.clone(),
-            window: cfg.window,
-            order: cfg.order,
+            instances: spec.instances.clone(),
+            name: spec.name.clone(),
+            lock_dir: spec.lock_dir.clone(),
+            window: spec.window,
+            order: spec.order,
             manual,
             shard,
             entries,
-            program: cfg.program.clone(),
-            template: cfg.template.clone(),
+            program: spec.program.clone(),
+            template: spec.template.clone(),
             locks: None,
         })
     }
 
-    /// A spread plan over `ids`, for tests of what consumes plans.
+    /// A spread plan over `ids` running `true`, for tests of what consumes
+    /// plans.
     #[cfg(test)]
     pub fn for_tests(instances: PathBuf, ids: Vec<OsString>, window: Duration) -> Plan {
-        let n = ids.len();
-        let entries = ids
-            .into_iter()
-            .enumerate()
-            .map(|(slot, id)| Entry {
-                slot,
-                offset: offset(window, slot, n),
-                id,
-            })
-            .collect();
-        Plan {
+        let spec = Spec {
             lock_dir: instances.join(".locks"),
             instances,
             name: "test".into(),
             window,
             order: Order::Name,
-            manual: false,
+            only: Vec::new(),
             shard: None,
-            entries,
-            program: None,
             template: Template::parse(&["true".into()]).expect("a valid template"),
-            locks: None,
-        }
+            program: None,
+        };
+        Plan::build(&spec, ids).expect("a plan without --only")
     }
 
     /// The gap between two starts, W/N (zero for manual runs).
@@ -173,16 +202,6 @@ pub fn order(mut ids: Vec<OsString>, order: Order) -> Vec<OsString> {
         ids.sort_by_cached_key(|id| (hash_key(id), id.as_bytes().to_vec()));
     }
     ids
-}
-
-/// The first 64 bits of SHA-256: stable across releases and machines.
-pub fn hash_key(id: &OsStr) -> u64 {
-    let digest = Sha256::digest(id.as_bytes());
-    u64::from_be_bytes(
-        digest[..8]
-            .try_into()
-            .expect("a SHA-256 digest has 32 bytes"),
-    )
 }
 
 /// The `--only` ids, in the order given, without repeats; each must be one
@@ -243,11 +262,68 @@ mod tests {
         assert_eq!(filtered, part);
     }
 
+    fn spec(only: &[&str], order: Order, shard: Option<Shard>) -> Spec {
+        Spec {
+            instances: PathBuf::from("/srv/instances"),
+            name: "job".into(),
+            lock_dir: PathBuf::from("/run/scatter/job"),
+            window: Duration::from_secs(60),
+            order,
+            only: ids(only),
+            shard,
+            template: Template::parse(&["task".into(), "{path}".into()]).unwrap(),
+            program: None,
+        }
+    }
+
     #[test]
-    fn hash_key_is_pinned() {
-        // SHA-256("acme") starts with these bytes; a change would reshuffle
-        // every deployment's schedule.
-        assert_eq!(hash_key(OsStr::new("acme")), 0x822b_33ad_87c1_48a0);
+    fn build_spreads_the_ids_of_the_shard_across_the_window() {
+        let all = ids(&["a", "b", "c", "d"]);
+        let plan = Plan::build(&spec(&[], Order::Name, None), all.clone()).unwrap();
+        let got: Vec<_> = plan.entries.iter().map(|e| (e.slot, e.offset)).collect();
+        let secs = Duration::from_secs;
+        assert_eq!(
+            got,
+            [(0, secs(0)), (1, secs(15)), (2, secs(30)), (3, secs(45))]
+        );
+        assert_eq!(plan.interval(), secs(15));
+        assert_eq!(
+            plan.argv(&plan.entries[2]),
+            ids(&["task", "/srv/instances/c"])
+        );
+        let shard = Shard::new(1, 2).unwrap();
+        let half = Plan::build(&spec(&[], Order::Hash, Some(shard)), all.clone()).unwrap();
+        assert!(half.entries.iter().all(|e| shard.owns(&e.id)));
+        let other = Plan::build(
+            &spec(&[], Order::Hash, Some(Shard::new(0, 2).unwrap())),
+            all,
+        )
+        .unwrap();
+        assert_eq!(half.entries.len() + other.entries.len(), 4);
+    }
+
+    #[test]
+    fn build_with_only_starts_those_at_once_and_ignores_the_shard() {
+        let shard = Shard::new(0, 3).unwrap();
+        let plan = Plan::build(
+            &spec(&["c", "a"], Order::Hash, Some(shard)),
+            ids(&["a", "b", "c"]),
+        )
+        .unwrap();
+        assert!(plan.manual);
+        assert_eq!(plan.shard, None);
+        assert_eq!(plan.interval(), Duration::ZERO);
+        let got: Vec<_> = plan
+            .entries
+            .iter()
+            .map(|e| (e.id.clone(), e.offset))
+            .collect();
+        assert_eq!(
+            got,
+            [("c".into(), Duration::ZERO), ("a".into(), Duration::ZERO)]
+        );
+        let err = Plan::build(&spec(&["zz"], Order::Name, None), ids(&["a"])).unwrap_err();
+        assert!(format!("{err:#}").contains("zz"));
     }
 
     #[test]

@@ -8,11 +8,11 @@
 //! `--format json` prints the whole report on stdout.
 
 use std::io::{self, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::display::quoted;
+use crate::display::{quoted, unix_secs};
 use crate::exit;
 use crate::outcome::{Kind, Outcome, Skip, TaskResult};
 use crate::plan::Plan;
@@ -186,11 +186,4 @@ impl Report {
         serde_json::to_writer(&mut *out, &doc)?;
         writeln!(out)
     }
-}
-
-/// Seconds since the epoch, with fraction.
-pub fn unix_secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }

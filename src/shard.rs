@@ -16,7 +16,7 @@ use std::ffi::OsStr;
 use std::fmt;
 
 use crate::exit::Fatal;
-use crate::plan::hash_key;
+use crate::idhash::hash_key;
 
 /// Shard `index` of `count` (0-based, as `JOB_COMPLETION_INDEX`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

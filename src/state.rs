@@ -48,11 +48,11 @@ use log::{debug, warn};
 use serde::{Deserialize, Serialize};
 
 use crate::display::quoted;
+use crate::display::unix_secs;
 use crate::exit::Fatal;
 use crate::lenient;
 use crate::lockname::encode_id;
 use crate::outcome::{Kind, Outcome, RunState, TaskResult};
-use crate::report::unix_secs;
 use crate::safedir::{DirKind, FileError, SafeDir};
 
 /// Where records go when nothing else is said: for root, and anyone who

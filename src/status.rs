@@ -27,13 +27,13 @@ use serde::Serialize;
 
 use crate::cli::{Format, StatusArgs};
 use crate::config::default_name;
+use crate::display::unix_secs;
 use crate::display::{self, quoted};
 use crate::exit::{self, Fatal};
 use crate::lock::{self, Holder};
 use crate::lockname::decode_stem;
 use crate::outcome::RunState;
 use crate::platform;
-use crate::report::unix_secs;
 use crate::safedir::SafeDir;
 use crate::state::{InstanceRecord, RunRecord, StateDir};
 

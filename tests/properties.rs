@@ -22,9 +22,10 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use sha2::{Digest, Sha256};
 
-use scatter::cli::Order;
+use scatter::idhash::hash_key;
 use scatter::lockname::{MAX_STEM, NAME_MAX, decode_stem, encode_id};
-use scatter::plan::{hash_key, offset, order};
+use scatter::plan::{Order, Plan, Spec, offset, order};
+use scatter::shard::Shard;
 use scatter::template::Template;
 
 // ---------------------------------------------------------------------------
@@ -701,5 +702,81 @@ proptest! {
             .filter(|id| rest.contains(id.as_bytes()))
             .collect();
         prop_assert_eq!(reordered, order(sorted(&rest), Order::Hash));
+    }
+}
+
+fn spec(window: Duration, order: Order, only: Vec<OsString>, shard: Option<Shard>) -> Spec {
+    Spec {
+        instances: "/srv/instances".into(),
+        name: "job".into(),
+        lock_dir: "/run/scatter/job".into(),
+        window,
+        order,
+        only,
+        shard,
+        template: Template::parse(&["task".into(), "{}".into()]).unwrap(),
+        program: None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// The function that decides what cron runs: every discovered id of the
+    /// shard exactly once, at offset slot × W/N, in the chosen order, and
+    /// the argv each task gets holds its id whole.
+    #[test]
+    fn plan_build_runs_each_id_once_at_its_slot(
+        ids in id_set(120),
+        w in window(),
+        hash in any::<bool>(),
+        shard in proptest::option::of((1u32..6).prop_flat_map(|n| (0..n, Just(n)))),
+    ) {
+        let order_by = if hash { Order::Hash } else { Order::Name };
+        let shard = shard.map(|(k, n)| Shard::new(k, n).unwrap());
+        let plan = Plan::build(&spec(w, order_by, Vec::new(), shard), sorted(&ids)).unwrap();
+        let mine: Vec<OsString> = sorted(&ids)
+            .into_iter()
+            .filter(|id| shard.is_none_or(|s| s.owns(id)))
+            .collect();
+        let expected = order(mine, order_by);
+        let n = expected.len();
+        prop_assert_eq!(plan.entries.len(), n);
+        for (k, entry) in plan.entries.iter().enumerate() {
+            prop_assert_eq!(entry.slot, k);
+            prop_assert_eq!(&entry.id, &expected[k]);
+            prop_assert_eq!(entry.offset, offset(w, k, n));
+            prop_assert!(entry.offset < w);
+            prop_assert_eq!(plan.argv(entry), vec![OsString::from("task"), entry.id.clone()]);
+        }
+        prop_assert!(!plan.manual);
+    }
+
+    /// `--only` runs exactly the ids asked for, once each, all at once,
+    /// whatever the shard; an id that is not an instance is refused.
+    #[test]
+    fn plan_build_with_only_starts_the_chosen_ids_at_once(
+        ids in id_set(60).prop_filter("some ids", |s| !s.is_empty()),
+        picks in vec(any::<prop::sample::Index>(), 1..6),
+        stranger in id_of(12),
+    ) {
+        let all = sorted(&ids);
+        let only: Vec<OsString> = picks.iter().map(|i| i.get(&all).clone()).collect();
+        let shard = Some(Shard::new(0, 7).unwrap());
+        let plan = Plan::build(&spec(Duration::from_secs(60), Order::Hash, only.clone(), shard), all.clone()).unwrap();
+        let mut want: Vec<OsString> = Vec::new();
+        for id in only {
+            if !want.contains(&id) {
+                want.push(id);
+            }
+        }
+        prop_assert_eq!(plan.entries.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), want);
+        prop_assert!(plan.entries.iter().all(|e| e.offset == Duration::ZERO));
+        prop_assert!(plan.manual);
+        prop_assert_eq!(plan.shard, None);
+        if !ids.contains(&stranger) && is_valid_id(&stranger) {
+            let bad = spec(Duration::from_secs(60), Order::Name, vec![OsString::from_vec(stranger)], None);
+            prop_assert!(Plan::build(&bad, all).is_err());
+        }
     }
 }

@@ -138,7 +138,7 @@ pub fn run(
     opts: &Options,
     observer: &mut dyn Observer,
 ) -> Result<Report> {
-    let window_start = format!("{:.6}", crate::report::unix_secs(begun.start_wall));
+    let window_start = format!("{:.6}", crate::display::unix_secs(begun.start_wall));
     let host = processes::Processes::new(plan, opts, window_start)?;
     Ok(engine::Engine::new(host, plan, begun.start, opts, observer).run())
 }
