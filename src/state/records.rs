@@ -1,0 +1,203 @@
+//! The records themselves: what is kept per instance and per run, and how
+//! one event changes an instance's record. Every field is read leniently
+//! ([`crate::lenient`]), since anyone who can write the state directory, or
+//! another release, may have written it.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::display::unix_secs;
+use crate::lenient;
+use crate::outcome::{Kind, Outcome, RunState, TaskResult};
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// A normal run, normally from cron or a timer.
+    Cron,
+    /// `--only`: a run by hand.
+    Manual,
+}
+
+/// The last known state of one instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstanceRecord {
+    /// The id (lossy if it is not UTF-8; then `id_hex` has the bytes).
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub id: String,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::or_default"
+    )]
+    pub id_hex: Option<String>,
+    /// The last outcome of a run that tried to start it: `ok`, `failed`,
+    /// `killed`, `timed_out`, `failed_to_start` or `detached`. Skips are
+    /// kept apart, in `last_skip_*`.
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub outcome: Option<Kind>,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub exit_code: Option<i32>,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub signal: Option<i32>,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub reason: Option<String>,
+    #[serde(deserialize_with = "lenient::time")]
+    pub last_start: Option<f64>,
+    #[serde(deserialize_with = "lenient::time")]
+    pub last_end: Option<f64>,
+    #[serde(deserialize_with = "lenient::secs")]
+    pub last_duration_secs: Option<f64>,
+    #[serde(deserialize_with = "lenient::time")]
+    pub last_success: Option<f64>,
+    #[serde(deserialize_with = "lenient::count")]
+    pub consecutive_failures: u32,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub last_skip_reason: Option<String>,
+    #[serde(deserialize_with = "lenient::time")]
+    pub last_skip_at: Option<f64>,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub trigger: Option<Trigger>,
+    /// When this record last changed (unix seconds).
+    #[serde(deserialize_with = "lenient::time_or_zero")]
+    pub updated: f64,
+}
+
+impl InstanceRecord {
+    /// Whether the last outcome is a failure.
+    pub fn failing(&self) -> bool {
+        self.outcome.is_some_and(Kind::is_failure)
+    }
+
+    /// The last outcome, rebuilt from what the record keeps of it; `None`
+    /// if it never ran or its outcome is one this build does not know.
+    pub fn last_outcome(&self) -> Option<Outcome> {
+        Outcome::from_parts(
+            self.outcome?,
+            self.exit_code,
+            self.signal,
+            self.reason.as_deref(),
+        )
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub(super) struct InstancesFile {
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub(super) format: String,
+    #[serde(deserialize_with = "lenient::records")]
+    pub(super) instances: BTreeMap<String, InstanceRecord>,
+}
+
+/// One run, as `scatter status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunRecord {
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub format: String,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub run_id: String,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub name: String,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub pid: i32,
+    /// The run's start time in clock ticks (`/proc/<pid>/stat` field 22),
+    /// to tell a live run from a reused pid.
+    #[serde(deserialize_with = "lenient::count")]
+    pub pid_starttime: u64,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub trigger: Option<Trigger>,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub instances_dir: String,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub lock_dir: String,
+    #[serde(deserialize_with = "lenient::time_or_zero")]
+    pub started: f64,
+    /// When the last start is planned (unix seconds).
+    #[serde(deserialize_with = "lenient::time_or_zero")]
+    pub spread_end: f64,
+    #[serde(deserialize_with = "lenient::secs_or_zero")]
+    pub window_secs: f64,
+    /// `K/N` when the run covered one shard.
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub shard: Option<String>,
+    #[serde(deserialize_with = "lenient::count")]
+    pub count: usize,
+    #[serde(deserialize_with = "lenient::count")]
+    pub started_count: usize,
+    #[serde(deserialize_with = "lenient::count")]
+    pub running: usize,
+    #[serde(deserialize_with = "lenient::count")]
+    pub finished_count: usize,
+    #[serde(deserialize_with = "lenient::counts")]
+    pub counts: BTreeMap<String, usize>,
+    /// `running`, `finished` or `aborted` (stopped by a signal).
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub state: RunState,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub stopped_by: Option<i32>,
+    #[serde(deserialize_with = "lenient::time")]
+    pub ended: Option<f64>,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub exit_code: Option<u8>,
+    #[serde(deserialize_with = "lenient::secs")]
+    pub max_lateness_secs: Option<f64>,
+}
+
+/// Something that happened to an instance, to be merged into its record.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: OsString,
+    pub trigger: Trigger,
+    /// When it happened.
+    pub at: SystemTime,
+    pub result: TaskResult,
+}
+
+/// Merges one event into an instance's record.
+pub fn apply(record: &mut InstanceRecord, event: &Event) {
+    let at = unix_secs(event.at);
+    let bytes = event.id.as_bytes();
+    record.id = event.id.to_string_lossy().into_owned();
+    record.id_hex = std::str::from_utf8(bytes)
+        .is_err()
+        .then(|| bytes.iter().map(|b| format!("{b:02x}")).collect());
+    record.updated = at;
+    let r = &event.result;
+    match &r.outcome {
+        Outcome::NotStarted => {}
+        Outcome::Skipped(skip) => {
+            record.last_skip_reason = Some(skip.reason());
+            record.last_skip_at = Some(at);
+        }
+        outcome => {
+            record.outcome = Some(outcome.kind());
+            record.trigger = Some(event.trigger);
+            record.exit_code = outcome.exit_code();
+            record.signal = outcome.signal();
+            record.reason = outcome.reason();
+            record.last_start = Some(r.started.map_or(at, unix_secs));
+            record.last_end = (!matches!(outcome, Outcome::Detached)).then_some(at);
+            record.last_duration_secs = r.duration.map(|d| d.as_secs_f64());
+            if outcome.is_failure() {
+                record.consecutive_failures = record.consecutive_failures.saturating_add(1);
+            } else if *outcome == Outcome::Ok {
+                record.consecutive_failures = 0;
+                record.last_success = Some(at);
+            }
+        }
+    }
+}
+
+/// The id of a run: its UTC start and pid, sortable by time.
+pub fn run_id(start: SystemTime, pid: i32) -> String {
+    let stamp = humantime::format_rfc3339_millis(start).to_string();
+    let compact: String = stamp.chars().filter(|c| *c != '-' && *c != ':').collect();
+    format!("{compact}-{pid}")
+}

@@ -1,0 +1,182 @@
+//! The background thread that writes one run's records, so that disk
+//! latency and fsync never delay a start.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use log::warn;
+
+use super::dir::StateDir;
+use super::records::{Event, InstanceRecord, RunRecord};
+
+/// How often queued instance updates are merged into `instances.json`.
+const INSTANCE_FLUSH: Duration = Duration::from_secs(5);
+/// How often the run record is rewritten while the run progresses.
+const RUN_FLUSH: Duration = Duration::from_secs(1);
+
+/// The run record, updated by the supervisor's thread and written by the
+/// writer's, at most once a second.
+#[derive(Debug, Default)]
+pub struct Progress {
+    record: Mutex<RunRecord>,
+    dirty: AtomicBool,
+}
+
+impl Progress {
+    pub fn new(record: RunRecord) -> Arc<Progress> {
+        Arc::new(Progress {
+            record: Mutex::new(record),
+            dirty: AtomicBool::new(true),
+        })
+    }
+
+    /// Changes the record; the writer picks the change up.
+    pub fn update(&self, f: impl FnOnce(&mut RunRecord)) {
+        if let Ok(mut record) = self.record.lock() {
+            f(&mut record);
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    pub fn snapshot(&self) -> RunRecord {
+        self.record.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+enum Msg {
+    Event(Event),
+    Finish {
+        /// Encoded ids of every current instance (sorted), after a full run.
+        keep: Option<Vec<String>>,
+    },
+}
+
+/// What the writer thread leaves behind.
+pub struct Written {
+    /// The merged instance records after the last write, if it succeeded.
+    pub instances: Option<BTreeMap<String, InstanceRecord>>,
+    /// Every write that failed, for the end-of-run report.
+    pub errors: Vec<String>,
+}
+
+/// The background writer of one run's records.
+pub struct Writer {
+    tx: Sender<Msg>,
+    handle: JoinHandle<Written>,
+}
+
+impl Writer {
+    /// Starts the writer thread; the run record is written at once. The
+    /// thread counts against the user's process limit, so it may fail to
+    /// start (EAGAIN); the caller then runs without history.
+    pub fn start(dir: StateDir, progress: Arc<Progress>, keep_runs: usize) -> Result<Writer> {
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("scatter-state".into())
+            .spawn(move || {
+                // Starts matter more than records: on a busy machine the
+                // writer waits, the supervisor does not.
+                crate::platform::lower_thread_priority();
+                writer_loop(&dir, &rx, &progress, keep_runs)
+            })
+            .context("cannot start the thread that writes the state files")?;
+        Ok(Writer { tx, handle })
+    }
+
+    pub fn event(&self, event: Event) {
+        let _ = self.tx.send(Msg::Event(event));
+    }
+
+    /// Writes everything still queued and the final run record (as left in
+    /// `progress`), prunes old runs, and waits for the thread.
+    pub fn finish(self, keep: Option<Vec<String>>) -> Written {
+        let _ = self.tx.send(Msg::Finish { keep });
+        drop(self.tx);
+        self.handle.join().unwrap_or_else(|_| Written {
+            instances: None,
+            errors: vec!["the state writer thread panicked".into()],
+        })
+    }
+}
+
+fn writer_loop(
+    dir: &StateDir,
+    rx: &Receiver<Msg>,
+    progress: &Progress,
+    keep_runs: usize,
+) -> Written {
+    let mut events: Vec<Event> = Vec::new();
+    let mut last_run_write: Option<Instant> = None;
+    let mut last_merge = Instant::now();
+    let mut written = Written {
+        instances: None,
+        errors: Vec::new(),
+    };
+    let report = |what: &str, err: anyhow::Error, errors: &mut Vec<String>| {
+        let line = format!("{what}: {err:#}");
+        // One warning per kind of failure, not one per flush.
+        if !errors.iter().any(|e| e.starts_with(what)) {
+            warn!("{line}; scatter status and metrics will be out of date");
+        }
+        errors.push(line);
+    };
+    loop {
+        let run_due =
+            last_run_write.map_or(Duration::ZERO, |at| RUN_FLUSH.saturating_sub(at.elapsed()));
+        let wait = if events.is_empty() {
+            run_due
+        } else {
+            run_due.min(INSTANCE_FLUSH.saturating_sub(last_merge.elapsed()))
+        };
+        let msg = match rx.recv_timeout(wait) {
+            Ok(msg) => Some(msg),
+            Err(RecvTimeoutError::Timeout) => None,
+            // The run ended without finish(): it is unwinding from an error.
+            Err(RecvTimeoutError::Disconnected) => return written,
+        };
+        let mut finish = None;
+        for msg in msg
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            match msg {
+                Msg::Event(e) => events.push(e),
+                Msg::Finish { keep } => finish = Some(keep),
+            }
+        }
+        let run_due = last_run_write.is_none_or(|at| at.elapsed() >= RUN_FLUSH);
+        if (run_due || finish.is_some()) && progress.dirty.swap(false, Ordering::AcqRel) {
+            if let Err(err) = dir.write_run(&progress.snapshot()) {
+                report("cannot write the run record", err, &mut written.errors);
+            }
+            last_run_write = Some(Instant::now());
+        } else if run_due {
+            last_run_write = Some(Instant::now());
+        }
+        let due_merge = !events.is_empty() && last_merge.elapsed() >= INSTANCE_FLUSH;
+        if due_merge || finish.is_some() {
+            let keep = finish.as_ref().and_then(|k| k.as_deref());
+            match dir.merge(&events, keep) {
+                // Kept only from the last merge (for the metrics file):
+                // 10,000 records are megabytes the run need not carry.
+                Ok(records) if finish.is_some() => written.instances = Some(records),
+                Ok(_) => {}
+                Err(err) => report("cannot update instance records", err, &mut written.errors),
+            }
+            events.clear();
+            last_merge = Instant::now();
+        }
+        if finish.is_some() {
+            let run_id = progress.snapshot().run_id;
+            if let Err(err) = dir.prune_runs(keep_runs, &run_id) {
+                report("cannot prune old run records", err, &mut written.errors);
+            }
+            return written;
+        }
+    }
+}
