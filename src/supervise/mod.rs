@@ -56,6 +56,8 @@
 //!   never blocks; the disk is that thread's business.
 
 pub mod engine;
+#[cfg(test)]
+mod fake;
 pub mod host;
 pub mod processes;
 #[cfg(test)]

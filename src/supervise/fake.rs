@@ -1,0 +1,236 @@
+//! A fake [`Host`] on a fake clock, for the engine's unit tests: tasks are
+//! scripts (how long they run, how they exit, whether they ignore SIGTERM,
+//! what starting them does), and every call the engine makes is logged with
+//! the fake instant it was made at.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::host::{Event, Host, Started};
+use crate::outcome::Skip;
+use crate::plan::Entry;
+use crate::platform::ExitStatus;
+
+pub const SIGTERM: i32 = 15;
+pub const SIGKILL: i32 = 9;
+
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// How a fake task behaves.
+#[derive(Clone, Debug)]
+pub struct Script {
+    /// `None`: runs until killed.
+    pub runs_for: Option<Duration>,
+    pub status: ExitStatus,
+    pub ignores_term: bool,
+    /// What starting it does: results handed out in turn, the last repeated.
+    pub start: Vec<FakeStart>,
+    /// Its output stays open this long after the leader exits (`None`: it
+    /// has no relayed output).
+    pub output_lingers: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub enum FakeStart {
+    Run,
+    Busy,
+    Fail { again: bool },
+}
+
+impl Default for Script {
+    fn default() -> Script {
+        Script {
+            runs_for: Some(secs(0.1)),
+            status: ExitStatus::Code(0),
+            ignores_term: false,
+            start: vec![FakeStart::Run],
+            output_lingers: None,
+        }
+    }
+}
+
+/// What the engine asked the host to do, with the fake time it happened at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    Start(usize),
+    Signal(usize, i32),
+    Ended(usize, bool),
+    CloseOutput(usize),
+}
+
+struct Running {
+    exit_at: Option<Instant>,
+    status: ExitStatus,
+    ignores_term: bool,
+    output_until: Option<Option<Instant>>,
+    exited: bool,
+}
+
+pub struct Fake {
+    pub base: Instant,
+    pub now: Instant,
+    scripts: HashMap<usize, Script>,
+    attempts: HashMap<usize, usize>,
+    running: HashMap<usize, Running>,
+    /// Stop signals scatter receives, at offsets from the start.
+    pub stops: Vec<(Duration, i32)>,
+    pub calls: Vec<(Duration, Call)>,
+    waits: usize,
+}
+
+impl Fake {
+    pub fn new(scripts: HashMap<usize, Script>) -> Fake {
+        let base = Instant::now();
+        Fake {
+            base,
+            now: base,
+            scripts,
+            attempts: HashMap::new(),
+            running: HashMap::new(),
+            stops: Vec::new(),
+            calls: Vec::new(),
+            waits: 0,
+        }
+    }
+
+    fn log(&mut self, call: Call) {
+        let at = self.now - self.base;
+        self.calls.push((at, call));
+    }
+
+    fn collect(&mut self, events: &mut Vec<Event>) {
+        let now = self.now;
+        let mut slots: Vec<usize> = self.running.keys().copied().collect();
+        slots.sort_unstable();
+        for slot in slots {
+            let r = self.running.get_mut(&slot).unwrap();
+            if !r.exited && r.exit_at.is_some_and(|t| t <= now) {
+                r.exited = true;
+                events.push(Event::Exited {
+                    slot,
+                    status: r.status,
+                });
+            }
+            if r.exited
+                && let Some(Some(until)) = r.output_until
+                && until <= now
+            {
+                r.output_until = None;
+                events.push(Event::OutputClosed { slot });
+            }
+        }
+    }
+
+    fn next_event(&self) -> Option<Instant> {
+        let exits = self.running.values().filter_map(|r| {
+            if !r.exited {
+                r.exit_at
+            } else {
+                r.output_until.flatten()
+            }
+        });
+        let stops = self
+            .stops
+            .iter()
+            .map(|(at, _)| self.base + *at)
+            .filter(|t| *t > self.now);
+        exits.chain(stops).min()
+    }
+}
+
+impl Host for &mut Fake {
+    fn now(&self) -> Instant {
+        self.now
+    }
+
+    fn stops(&self) -> (usize, i32) {
+        let now = self.now - self.base;
+        let seen: Vec<_> = self.stops.iter().filter(|(at, _)| *at <= now).collect();
+        (seen.len(), seen.last().map_or(0, |(_, sig)| *sig))
+    }
+
+    fn start(&mut self, entry: &Entry) -> Started {
+        let slot = entry.slot;
+        self.log(Call::Start(slot));
+        let script = self.scripts.get(&slot).cloned().unwrap_or_default();
+        let n = self.attempts.entry(slot).or_default();
+        let what = script.start[(*n).min(script.start.len() - 1)].clone();
+        *n += 1;
+        match what {
+            FakeStart::Busy => Started::Skipped(Skip::Locked("pid 7".into())),
+            FakeStart::Fail { again } => Started::Failed {
+                reason: "no".into(),
+                code: 126,
+                again,
+            },
+            FakeStart::Run => {
+                let now = self.now;
+                self.running.insert(
+                    slot,
+                    Running {
+                        exit_at: script.runs_for.map(|d| now + d),
+                        status: script.status,
+                        ignores_term: script.ignores_term,
+                        output_until: script
+                            .output_lingers
+                            .map(|d| script.runs_for.map(|r| now + r + d)),
+                        exited: false,
+                    },
+                );
+                Started::Running {
+                    pid: 1000 + slot as i32,
+                    wall: SystemTime::now(),
+                    output: script.output_lingers.is_some(),
+                }
+            }
+        }
+    }
+
+    fn signal(&mut self, slots: &[usize], sig: i32) {
+        let mut slots = slots.to_vec();
+        slots.sort_unstable();
+        for slot in slots {
+            self.log(Call::Signal(slot, sig));
+            let now = self.now;
+            if let Some(r) = self.running.get_mut(&slot)
+                && !r.exited
+                && (sig == SIGKILL || !r.ignores_term)
+            {
+                r.exit_at = Some(now);
+                r.status = ExitStatus::Signal(sig);
+            }
+        }
+    }
+
+    fn reap(&mut self, events: &mut Vec<Event>) {
+        self.collect(events);
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>, events: &mut Vec<Event>) {
+        self.waits += 1;
+        assert!(self.waits < 10_000, "the engine does not make progress");
+        let next = [deadline, self.next_event()].into_iter().flatten().min();
+        let next = next.expect("the engine would sleep forever");
+        self.now = self.now.max(next);
+        self.collect(events);
+    }
+
+    fn ended(&mut self, slot: usize, failed: bool) {
+        self.log(Call::Ended(slot, failed));
+    }
+
+    fn close_output(&mut self, slot: usize) {
+        self.log(Call::CloseOutput(slot));
+        if let Some(r) = self.running.get_mut(&slot) {
+            r.output_until = None;
+        }
+    }
+
+    fn forget(&mut self, _slot: usize) {}
+
+    fn pending(&self) -> Option<Instant> {
+        None
+    }
+}
