@@ -21,7 +21,7 @@ use crate::history;
 use crate::lock;
 use crate::plan;
 use crate::shard::Shard;
-use crate::state::StateDir;
+use crate::state;
 use crate::supervise::Options;
 use crate::template::Template;
 
@@ -81,9 +81,9 @@ impl RunConfig {
             log_failures: crate::logging::structured(),
         };
         let shard = Shard::select(args.shard, args.shards)?;
-        let lock_base = lock::resolve_base(args.lock_dir.as_deref())?;
+        let lock_base = lock::base_path(args.lock_dir.as_deref())?;
         let lock_dir = lock::job_dir(&lock_base, &name);
-        let state_dir = match StateDir::resolve(args.state_dir.as_deref(), &name) {
+        let state_dir = match state::path_for(args.state_dir.as_deref(), &name) {
             Ok(dir) => Some(dir),
             // History is for status and monitoring: a run goes ahead without it.
             Err(err) if !args.dry_run => {

@@ -56,7 +56,7 @@ pub fn discover(dir: &Path) -> Result<Vec<OsString>> {
                 Err(err) => skip(
                     dir,
                     &name,
-                    &format!("a broken symlink ({})", describe(&err)),
+                    &format!("a broken symlink ({})", link_error(&err)),
                 ),
             }
         } else {
@@ -71,7 +71,7 @@ fn skip(dir: &Path, name: &OsStr, why: &str) {
     warn!("ignoring {} in {}: {why}", quoted(name), quoted(dir));
 }
 
-fn describe(err: &io::Error) -> String {
+fn link_error(err: &io::Error) -> String {
     match err.raw_os_error() {
         Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => "a symlink loop".into(),
         _ => err.to_string(),

@@ -67,6 +67,14 @@ pub fn unix_secs(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// The bytes of a name in hex, when they are not valid UTF-8: JSON strings
+/// must be Unicode, so such a name is shown lossily and given exactly here.
+pub fn hex_unless_utf8(bytes: &[u8]) -> Option<String> {
+    std::str::from_utf8(bytes)
+        .is_err()
+        .then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

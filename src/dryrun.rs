@@ -97,9 +97,7 @@ fn json_entry(plan: &Plan, entry: &Entry) -> JsonEntry {
         slot: entry.slot,
         offset_secs: entry.offset.as_secs_f64(),
         id: lossy(&entry.id),
-        id_hex: std::str::from_utf8(bytes)
-            .is_err()
-            .then(|| bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        id_hex: display::hex_unless_utf8(bytes),
         path: lossy(plan.path(entry)),
         lock: lossy(plan.lock_path(entry)),
         argv: plan.argv(entry).iter().map(lossy).collect(),

@@ -1,7 +1,10 @@
-//! Linux plumbing: signals, reaping, process groups, descriptors, `/proc`.
+//! Linux plumbing for processes: signals, reaping, process groups, `/proc`,
+//! `poll` and the boot clock.
 //!
-//! Everything that talks to the kernel below the level of `std` lives here,
-//! so the supervisor reads as policy. The signal design follows the
+//! Every process-level call below the level of `std` lives here, so the
+//! supervisor reads as policy; the file-system calls that must not follow
+//! links or block live in [`crate::safedir`]. Other modules use rustix only
+//! for its flag and error-code constants. The signal design follows the
 //! self-pipe pattern: handlers only bump counters and write a byte to a
 //! non-blocking pipe, and the supervisor's single loop `poll`s that pipe with
 //! a timeout at its next absolute deadline. No signal is ever blocked,
@@ -224,6 +227,13 @@ pub fn later(t: std::time::Instant, d: Duration) -> std::time::Instant {
         }
         d /= 2;
     }
+}
+
+/// A duration in clock ticks, the unit of `/proc/<pid>/stat` start times
+/// (saturating).
+pub fn ticks(d: Duration) -> u64 {
+    let hz = u128::from(rustix::param::clock_ticks_per_second());
+    u64::try_from(d.as_nanos() * hz / 1_000_000_000).unwrap_or(u64::MAX)
 }
 
 /// How a child ended.

@@ -33,11 +33,9 @@ pub fn verified_group(holder: &Holder, lock: FileId) -> Option<Group> {
         lock,
         not_before: holder.starttime.lo,
     };
-    match platform::proc_stat(holder.pid) {
+    match holder.leader_stat() {
         // The leader itself, still leading the group it was started in.
-        Some(stat) if holder.starttime.contains(stat.starttime) => {
-            (stat.pgrp == holder.pid).then_some(group)
-        }
+        Some(stat) => (stat.pgrp == holder.pid).then_some(group),
         // Gone, or the pid now names another process: only members of the
         // group that hold the lock file vouch for it.
         _ => still_holds(&group).then_some(group),

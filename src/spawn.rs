@@ -84,7 +84,7 @@ pub fn start_failure_code(err: &io::Error) -> u8 {
 }
 
 /// An I/O error without the "(os error N)" suffix.
-pub fn describe(err: &io::Error) -> String {
+pub fn error_text(err: &io::Error) -> String {
     let text = err.to_string();
     match text.find(" (os error") {
         Some(i) => text[..i].to_string(),

@@ -52,7 +52,7 @@ pub fn run(args: StatusArgs) -> Result<u8> {
             .into());
         }
     };
-    let state_path = StateDir::resolve(args.state_dir.as_deref(), &name)?;
+    let state_path = crate::state::path_for(args.state_dir.as_deref(), &name)?;
     let dir = StateDir::existing(&state_path)?;
     let status = gather(&dir, &name, args.lock_dir.as_deref(), SystemTime::now())?;
     let mut out = std::io::stdout().lock();
@@ -140,17 +140,13 @@ pub fn gather(
     let records = dir.instances()?;
     let runs = dir.runs()?;
     let lock_dir = match lock_base {
-        Some(base) => Some(lock::job_dir(&lock::resolve_base(Some(base))?, name)),
+        Some(base) => Some(lock::job_dir(&lock::base_path(Some(base))?, name)),
         None => runs
             .iter()
             .rev()
             .find(|r| !r.lock_dir.is_empty())
             .map(|r| PathBuf::from(&r.lock_dir))
-            .or_else(|| {
-                lock::resolve_base(None)
-                    .ok()
-                    .map(|b| lock::job_dir(&b, name))
-            }),
+            .or_else(|| lock::base_path(None).ok().map(|b| lock::job_dir(&b, name))),
     };
     let runs_in_progress = runs
         .iter()

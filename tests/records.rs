@@ -172,8 +172,8 @@ proptest! {
             prop_assert!(h.pid > 1, "{text}");
             let _ = h.is_overdue(u64::MAX);
             let _ = h.is_overdue(0);
-            let _ = h.describe(SystemTime::now());
-            let _ = h.describe(SystemTime::UNIX_EPOCH);
+            let _ = h.summary(SystemTime::now());
+            let _ = h.summary(SystemTime::UNIX_EPOCH);
             let _ = h.run_may_be_alive();
             prop_assert_eq!(Holder::parse(&h.to_line()).map(|p| p.pid), Some(h.pid));
         }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::display::{self};
-use crate::platform::{self};
+use crate::platform;
 
 /// Who holds an instance's lock: written into the lock file right after the
 /// task starts, while scatter still holds the locked descriptor.
@@ -144,15 +144,20 @@ impl Holder {
             return false;
         };
         let limit = timeout.saturating_add(self.grace);
-        let hz = u128::from(rustix::param::clock_ticks_per_second());
-        let limit_ticks = u64::try_from(limit.as_nanos() * hz / 1_000_000_000).unwrap_or(u64::MAX);
+        let limit_ticks = platform::ticks(limit);
         // The later bound of the start: never older than it really is.
         now.saturating_sub(self.starttime.hi) > limit_ticks
     }
 
+    /// The recorded process's `/proc` status, if it is still the process
+    /// that took the lock (same pid, same start time).
+    pub fn leader_stat(&self) -> Option<platform::ProcStat> {
+        platform::proc_stat(self.pid).filter(|s| self.starttime.contains(s.starttime))
+    }
+
     /// Whether the recorded process is still the one that took the lock.
     pub fn is_alive(&self) -> bool {
-        platform::proc_stat(self.pid).is_some_and(|s| self.starttime.contains(s.starttime))
+        self.leader_stat().is_some()
     }
 
     /// Whether the scatter run that started the task may still be alive, and
@@ -171,7 +176,7 @@ impl Holder {
     }
 
     /// "pid 1234 since 2026-11-23T15:12:01Z (3m 2s)", for skip messages.
-    pub fn describe(&self, now: SystemTime) -> String {
+    pub fn summary(&self, now: SystemTime) -> String {
         let age = now.duration_since(self.started).unwrap_or_default();
         let since = humantime::format_rfc3339_seconds(self.started);
         if self.is_alive() {

@@ -33,13 +33,13 @@ use crate::display::quoted;
 use crate::exit::Fatal;
 use crate::lockname::encode_id;
 use crate::platform::FileId;
-use crate::safedir::{DirKind, FileError, SafeDir};
+use crate::safedir::{DirKind, FileError, SafeDir, usable_or_creatable};
 
 mod holder;
 pub use holder::{Holder, StartTime};
 
 /// The system-wide default lock base, on tmpfs on every modern distribution.
-pub const SYSTEM_BASE: &str = "/run/lock/scatter";
+pub const SYSTEM_LOCK_BASE: &str = "/run/lock/scatter";
 
 /// The lock base and job directories: private, created with mode 0755.
 pub const LOCK_DIRS: DirKind = DirKind {
@@ -54,14 +54,14 @@ const FILE_MODE: u32 = 0o600;
 
 /// Chooses the lock base directory without creating anything, so the dry
 /// run and the real run agree on it.
-pub fn resolve_base(explicit: Option<&Path>) -> Result<PathBuf> {
+pub fn base_path(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = explicit {
         let dir =
             std::path::absolute(dir).with_context(|| format!("--lock-dir {}", quoted(dir)))?;
         return Ok(dir);
     }
-    let system = Path::new(SYSTEM_BASE);
-    let system_problem = match usable_or_creatable(system) {
+    let system = Path::new(SYSTEM_LOCK_BASE);
+    let system_problem = match usable_or_creatable(system, LOCK_DIRS) {
         Ok(()) => return Ok(system.to_path_buf()),
         Err(why) => why,
     };
@@ -71,7 +71,7 @@ pub fn resolve_base(explicit: Option<&Path>) -> Result<PathBuf> {
     let xdg_problem = match &xdg {
         Some(dir) => {
             let candidate = dir.join("scatter");
-            match usable_or_creatable(&candidate) {
+            match usable_or_creatable(&candidate, LOCK_DIRS) {
                 Ok(()) => return Ok(candidate),
                 Err(why) => format!("{}: {why}", quoted(&candidate)),
             }
@@ -79,26 +79,10 @@ pub fn resolve_base(explicit: Option<&Path>) -> Result<PathBuf> {
         None => "XDG_RUNTIME_DIR is not set".to_string(),
     };
     Err(Fatal::usage(format!(
-        "no usable lock directory: {SYSTEM_BASE}: {system_problem}; {xdg_problem}"
+        "no usable lock directory: {SYSTEM_LOCK_BASE}: {system_problem}; {xdg_problem}"
     ))
     .hint("pass --lock-dir DIR (or set SCATTER_LOCK_DIR) to a directory on tmpfs owned by this user, for example /run/scatter when running as root")
     .into())
-}
-
-/// Whether `dir` is a private directory we own, or could be created as one.
-fn usable_or_creatable(dir: &Path) -> std::result::Result<(), String> {
-    match SafeDir::existing(dir, LOCK_DIRS) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => {
-            let parent = dir.parent().unwrap_or(Path::new("/"));
-            rustix::fs::access(
-                parent,
-                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
-            )
-            .map_err(|e| format!("cannot create it in {}: {e}", quoted(parent)))
-        }
-        Err(err) => Err(format!("{err:#}")),
-    }
 }
 
 /// The directory holding one job's lock files: `<base>/<name>`.

@@ -135,6 +135,33 @@ const FILE_FLAGS: OFlags = OFlags::NOFOLLOW
     .union(OFlags::CLOEXEC)
     .union(OFlags::NOCTTY);
 
+/// Whether `dir` can serve as a directory of this kind: it exists and
+/// passes the rules, or it does not exist yet and its nearest existing
+/// ancestor would let us create it. Nothing is created; the reason it
+/// cannot serve is returned for messages. Used to choose between a system
+/// directory and a per-user fallback, so the dry run and the real run
+/// choose the same.
+pub fn usable_or_creatable(dir: &Path, kind: DirKind) -> std::result::Result<(), String> {
+    match SafeDir::existing(dir, kind) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => {
+            let mut probe = dir;
+            while let Some(parent) = probe.parent() {
+                probe = parent;
+                if probe.exists() {
+                    break;
+                }
+            }
+            rustix::fs::access(
+                probe,
+                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            )
+            .map_err(|e| format!("cannot create it in {}: {e}", quoted(probe)))
+        }
+        Err(err) => Err(format!("{err:#}")),
+    }
+}
+
 impl SafeDir {
     /// Walks to `path` (absolute) from `/`, creating missing components with
     /// `kind.mode`, and checks the directory reached. A refusal is a

@@ -18,13 +18,13 @@ use log::{debug, warn};
 use crate::display::quoted;
 use crate::exit::Fatal;
 use crate::lockname::encode_id;
-use crate::safedir::{DirKind, FileError, SafeDir};
+use crate::safedir::{DirKind, FileError, SafeDir, usable_or_creatable};
 
 use super::records::{Event, InstanceRecord, InstancesFile, RunRecord, apply};
 
 /// Where records go when nothing else is said: for root, and anyone who
 /// may write there.
-pub const SYSTEM_BASE: &str = "/var/lib/scatter";
+pub const SYSTEM_STATE_BASE: &str = "/var/lib/scatter";
 
 pub(super) const INSTANCES_FILE: &str = "instances.json";
 pub(super) const INSTANCES_LOCK: &str = "instances.lock";
@@ -46,6 +46,35 @@ pub const STATE_DIRS: DirKind = DirKind {
     shared: false,
 };
 
+/// The state directory of job `name`: `--state-dir`, or
+/// `/var/lib/scatter/<name>` when it can serve (it passes the state
+/// directory's rules, or could be created), or
+/// `$XDG_STATE_HOME/scatter/<name>` (`~/.local/state/scatter/<name>`).
+pub fn path_for(explicit: Option<&Path>, name: &OsStr) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return std::path::absolute(dir).with_context(|| format!("--state-dir {}", quoted(dir)));
+    }
+    let system = Path::new(SYSTEM_STATE_BASE).join(name);
+    let system_problem = match usable_or_creatable(&system, STATE_DIRS) {
+        Ok(()) => return Ok(system),
+        Err(why) => why,
+    };
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
+        .filter(|p| p.is_absolute());
+    match xdg {
+        Some(base) => Ok(base.join("scatter").join(name)),
+        None => Err(Fatal::usage(format!(
+            "no usable state directory: {}: {system_problem}; neither XDG_STATE_HOME nor HOME is set",
+            quoted(&system)
+        ))
+        .hint("pass --state-dir DIR (or set SCATTER_STATE_DIR)")
+        .into()),
+    }
+}
+
 /// The state directory of one job, open.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -56,33 +85,6 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// `--state-dir`, or `/var/lib/scatter/<name>` when usable, or
-    /// `$XDG_STATE_HOME/scatter/<name>` (`~/.local/state/scatter/<name>`).
-    pub fn resolve(explicit: Option<&Path>, name: &OsStr) -> Result<PathBuf> {
-        if let Some(dir) = explicit {
-            return std::path::absolute(dir)
-                .with_context(|| format!("--state-dir {}", quoted(dir)));
-        }
-        let system = Path::new(SYSTEM_BASE).join(name);
-        if writable_or_creatable(&system) {
-            return Ok(system);
-        }
-        let xdg = std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
-            .filter(|p| p.is_absolute());
-        match xdg {
-            Some(base) => Ok(base.join("scatter").join(name)),
-            None => Err(Fatal::usage(format!(
-                "no usable state directory: {} is not writable and neither XDG_STATE_HOME nor HOME is set",
-                quoted(&system)
-            ))
-            .hint("pass --state-dir DIR (or set SCATTER_STATE_DIR)")
-            .into()),
-        }
-    }
-
     /// Opens the directory and `runs/` for writing, creating them (mode
     /// 0755) if needed; both must be private, and `runs/` a real directory.
     pub fn create(path: &Path) -> Result<StateDir> {
@@ -305,19 +307,4 @@ fn run_record_names(dir: &SafeDir) -> Result<Vec<OsString>> {
         .collect();
     names.sort();
     Ok(names)
-}
-
-fn writable_or_creatable(dir: &Path) -> bool {
-    use rustix::fs::{Access, access};
-    let mut probe = dir;
-    // The nearest existing ancestor must let us write (and so create).
-    loop {
-        if probe.exists() {
-            return access(probe, Access::WRITE_OK | Access::EXEC_OK).is_ok();
-        }
-        match probe.parent() {
-            Some(parent) => probe = parent,
-            None => return false,
-        }
-    }
 }

@@ -36,6 +36,8 @@ mod records;
 mod tests;
 mod writer;
 
-pub use dir::{MAX_INSTANCES_FILE, MAX_RUN_RECORD, STATE_DIRS, SYSTEM_BASE, StateDir};
+pub use dir::{
+    MAX_INSTANCES_FILE, MAX_RUN_RECORD, STATE_DIRS, SYSTEM_STATE_BASE, StateDir, path_for,
+};
 pub use records::{Event, InstanceRecord, RunRecord, Trigger, apply, run_id};
 pub use writer::{Progress, Writer, Written};

@@ -165,9 +165,7 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
     let at = unix_secs(event.at);
     let bytes = event.id.as_bytes();
     record.id = event.id.to_string_lossy().into_owned();
-    record.id_hex = std::str::from_utf8(bytes)
-        .is_err()
-        .then(|| bytes.iter().map(|b| format!("{b:02x}")).collect());
+    record.id_hex = crate::display::hex_unless_utf8(bytes);
     record.updated = at;
     let r = &event.result;
     match &r.outcome {

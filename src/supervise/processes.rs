@@ -103,7 +103,7 @@ impl<'a> Processes<'a> {
             info!(instance = &*raw; "{tag}: skipped: lock is held by {who}");
             return Skip::Locked(who);
         };
-        let who = holder.describe(SystemTime::now());
+        let who = holder.summary(SystemTime::now());
         if !holder.is_overdue(platform::boottime_ticks()) {
             info!(instance = &*raw; "{tag}: skipped: lock is held by {who}");
             return Skip::Locked(who);
@@ -231,7 +231,7 @@ impl Host for Processes<'_> {
                 }
                 let again = err.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error());
                 return Started::Failed {
-                    reason: format!("{}: {}", quoted(&argv[0]), spawn::describe(&err)),
+                    reason: format!("{}: {}", quoted(&argv[0]), spawn::error_text(&err)),
                     code: spawn::start_failure_code(&err),
                     again,
                 };
