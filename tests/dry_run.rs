@@ -1,11 +1,9 @@
 //! `--dry-run`: the plan in text and JSON, deterministic, touching nothing.
 
-mod util;
-
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
-use util::{Fixture, run};
+use crate::util::{Fixture, run};
 
 #[test]
 fn text_plan_has_one_line_per_instance_with_offset_id_lock_and_argv() {

@@ -1,9 +1,9 @@
 //! Every bad input gets a clear message naming it, a hint where one helps,
 //! and the documented exit code, before anything runs.
 
-mod util;
+use crate::util;
 
-use util::{Fixture, run, scatter};
+use crate::util::{Fixture, run, scatter};
 
 fn usage(args: &[&str], needle: &str) {
     let fx = Fixture::with(&["a"]);

@@ -7,7 +7,7 @@
 //! directory costs the history, a file costs its instance. Each test plants
 //! the hostile case first, then checks that the ordinary one still works.
 
-mod util;
+use crate::util;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown, lchown, symlink};
 use std::os::unix::process::CommandExt;
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{Fixture, Ran, run};
+use crate::util::{Fixture, Ran, run};
 
 const NOBODY: u32 = 65534;
 

@@ -3,14 +3,14 @@
 //! vanished instance, and 100,000 instances. Each fault affects only what
 //! it touches, gets a clear message, and every instance is accounted for.
 
-mod util;
+use crate::util;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
-use util::{Fixture, run};
+use crate::util::{Fixture, run};
 
 const NOBODY: u32 = 65534;
 

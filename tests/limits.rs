@@ -7,13 +7,13 @@
 //! needed), because RLIMIT_NPROC counts every process of the uid: two tests
 //! sharing `nobody` while running in parallel would eat each other's budget.
 
-mod util;
+use crate::util;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use util::{Fixture, run};
+use crate::util::{Fixture, run};
 
 /// Makes the fixture usable by `uid`: what it writes belongs to it, the
 /// rest is world-readable.

@@ -2,12 +2,12 @@
 //! lock, the lock outliving a killed scatter, and lock files or directories
 //! that someone tampered with.
 
-mod util;
+use crate::util;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use util::{Fixture, is_locked, run, wait_until};
+use crate::util::{Fixture, is_locked, run, wait_until};
 
 /// Holds the lock of `id` from the test process, as another run would.
 fn hold(fx: &Fixture, id: &str) -> std::fs::File {

@@ -1,13 +1,13 @@
 //! Hostile instance names: each reaches the task as exactly one argument,
 //! byte for byte, gets its own lock, and never breaks a line of output.
 
-mod util;
+use crate::util;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use util::{Fixture, run};
+use crate::util::{Fixture, run};
 
 fn hostile() -> Vec<OsString> {
     let mut names: Vec<OsString> = [

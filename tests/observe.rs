@@ -2,13 +2,13 @@
 //! file (checked with Prometheus' own Python parser), and the syslog and
 //! journald sinks (checked against sockets the tests own).
 
-mod util;
+use crate::util;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
-use util::{Fixture, run, scatter, wait_until};
+use crate::util::{Fixture, run, scatter, wait_until};
 
 fn state(fx: &Fixture) -> std::path::PathBuf {
     fx.state()

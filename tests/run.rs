@@ -1,11 +1,11 @@
 //! End-to-end tests of `scatter run`: spreading, silence, failure reports,
 //! the task's environment and `--only`.
 
-mod util;
+use crate::util;
 
 use std::time::Duration;
 
-use util::{Fixture, run};
+use crate::util::{Fixture, run};
 
 #[test]
 fn starts_are_spread_in_order_across_the_window() {

@@ -1,11 +1,9 @@
 //! `--shard K/N` and `JOB_COMPLETION_INDEX` with `--shards N`: every
 //! instance in exactly one shard, shown by the dry run.
 
-mod util;
-
 use std::collections::BTreeSet;
 
-use util::{Fixture, run};
+use crate::util::{Fixture, run};
 
 fn planned(
     fx: &Fixture,

@@ -7,13 +7,13 @@
 //! so does the `kill(-1)` test, so that a regression cannot take the
 //! machine down with it.
 
-mod util;
+use crate::util;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use util::{BIN, Fixture, run, wait_until};
+use crate::util::{BIN, Fixture, run, wait_until};
 
 /// Runs `script` with `sh` as pid 1 of a new pid namespace (and a private
 /// /proc), with `$S` the scatter binary and `$T` the fixture's directory.

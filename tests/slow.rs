@@ -1,6 +1,8 @@
 //! Longer supervision checks with wide timing margins. They are ignored by
 //! default; run them with `cargo test --release --test slow -- --ignored`.
 
+// Shared with the fast suite, of which these use only a part.
+#[allow(dead_code)]
 mod util;
 
 use std::time::Duration;

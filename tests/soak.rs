@@ -14,6 +14,8 @@
 //!
 //! `SCATTER_SOAK_SECS` sets the duration (default 300).
 
+// Shared with the fast suite, of which these use only a part.
+#[allow(dead_code)]
 mod util;
 
 use std::collections::HashMap;
@@ -224,7 +226,7 @@ fn overlapping_killed_runs_never_run_an_instance_twice() {
             }
         }
     }
-    let leftover = util::processes_running(task.to_str().unwrap());
+    let leftover = processes_running(task.to_str().unwrap());
     println!(
         "soak: {runs} runs, {tasks} tasks, {skips} skips, {kills} SIGKILLs, {terms} SIGTERMs, \
          {reports} reports, {} overlaps, {} tasks without an end, {leftover} processes left",
@@ -243,4 +245,26 @@ fn overlapping_killed_runs_never_run_an_instance_twice() {
     );
     assert_eq!(leftover, 0, "task processes are left behind");
     assert!(tasks > 0 && kills > 0 && terms > 0);
+}
+
+/// How many running processes have `needle` in their command line.
+pub fn processes_running(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
+            !zombie
+                && std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .count()
 }

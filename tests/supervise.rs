@@ -2,12 +2,12 @@
 //! group, stop signals, the concurrency cap, output modes, `--detach` and
 //! reclaiming a hung task whose scatter died.
 
-mod util;
+use crate::util;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use util::{Fixture, is_locked, run, wait_until};
+use crate::util::{Fixture, is_locked, run, wait_until};
 
 /// The pid (= process group) recorded in an instance's lock file.
 fn holder_pid(lock: &Path) -> Option<i32> {

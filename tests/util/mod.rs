@@ -1,11 +1,10 @@
 //! Helpers shared by the end-to-end tests: a temporary instances tree, a
 //! recorder task that writes down exactly what it received, and assertions
 //! that print the command, its output and the directory tree on failure.
-#![allow(dead_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -414,10 +413,6 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-pub fn bytes(s: &OsStr) -> &[u8] {
-    s.as_bytes()
-}
-
 /// SIGKILLs a process group, ignoring errors (cleanup in tests).
 pub fn kill_group(pgid: i32) {
     if let Some(pid) = rustix::process::Pid::from_raw(pgid) {
@@ -441,26 +436,4 @@ pub fn live_group_members(pgid: i32) -> usize {
         }
     }
     live
-}
-
-/// How many running processes have `needle` in their command line.
-pub fn processes_running(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rfind(')')
-                .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'));
-            !zombie
-                && std::fs::read(e.path().join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        })
-        .count()
 }
