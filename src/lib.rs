@@ -21,6 +21,7 @@ pub mod output;
 pub mod plan;
 pub mod platform;
 pub mod reclaim;
+pub mod relay;
 pub mod report;
 pub mod shard;
 pub mod spawn;
