@@ -33,7 +33,11 @@ pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
         debug!("no instances in {}; nothing to do", quoted(&cfg.instances));
     }
     let mut history = History::start(&cfg, &plan, &clock);
-    let report = supervise::run(&plan, &clock, &cfg.supervision, &mut history)?;
+    let report = supervise::run(&plan, &clock, &cfg.supervision, &mut history);
+    // The supervisor's signal handlers are gone: from here on a stop signal
+    // ends the wait for readers (and scatter), whatever else is going on.
+    relay::arm();
+    let report = report?;
     let code = report.exit_code(&plan);
     // Problems with the history files were logged as warnings when they
     // happened; they do not change the outcome of the tasks.
@@ -44,11 +48,15 @@ pub fn run(args: RunArgs, clock: Clock) -> Result<u8> {
     let mut text = Vec::new();
     let stream = match cfg.format {
         Format::Text => {
-            report.write_text(&plan, &mut text)?;
+            report
+                .write_text(&plan, &mut text)
+                .context("cannot format the run report")?;
             Stream::Stderr
         }
         Format::Json => {
-            report.write_json(&plan, &mut text)?;
+            report
+                .write_json(&plan, &mut text)
+                .context("cannot format the run report")?;
             Stream::Stdout
         }
     };

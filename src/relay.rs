@@ -37,9 +37,10 @@
 //!   no time limit, since the report must arrive, but it can be interrupted:
 //!   the supervisor's stop-signal handlers are unregistered by then, and
 //!   signal-hook leaves the signals caught, so their default action would
-//!   not come back and SIGTERM would be ignored. Waiting therefore arms
-//!   handlers of its own, and SIGTERM, SIGINT or SIGHUP then ends scatter
-//!   within 50 ms with exit code 128 + the signal number. A run that a
+//!   not come back and SIGTERM would be ignored. So [`arm`], called as
+//!   soon as the supervisor returns (and by any wait), installs handlers of
+//!   its own, and SIGTERM, SIGINT or SIGHUP then ends the wait, and
+//!   scatter, within 50 ms with exit code 128 + the signal number. A run that a
 //!   signal already stopped waits at most [`STOPPED_WAIT`] (2 s).
 
 use std::collections::VecDeque;
@@ -226,6 +227,15 @@ fn stopped() -> Option<i32> {
     {
         return Some(*sig);
     }
+    arm();
+    (STOPS.load(Ordering::SeqCst) > 0).then(|| LAST_STOP.load(Ordering::SeqCst) as i32)
+}
+
+/// Catches SIGTERM, SIGINT and SIGHUP from now on, so that the end-of-run
+/// wait can be cut short. Call it as soon as the supervisor's own handlers
+/// are gone: until then a stop signal is its business, and in between the
+/// signal would be caught and ignored.
+pub fn arm() {
     ARMED.get_or_init(|| {
         for sig in [SIGTERM, SIGINT, SIGHUP] {
             // SAFETY: the action only stores to atomics, which is
@@ -240,7 +250,6 @@ fn stopped() -> Option<i32> {
             drop(registered);
         }
     });
-    (STOPS.load(Ordering::SeqCst) > 0).then(|| LAST_STOP.load(Ordering::SeqCst) as i32)
 }
 
 /// Lines and bytes counted for a notice.
