@@ -4,15 +4,16 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use log::debug;
+use log::{debug, warn};
 
 use crate::cli::{Format, RunArgs};
 use crate::config::RunConfig;
 use crate::display::quoted;
 use crate::history::History;
 use crate::plan::Plan;
+use crate::relay::{self, Stream, Undelivered};
 use crate::supervise::{self, RunStart};
-use crate::{discovery, dryrun, exit, lock, output};
+use crate::{discovery, dryrun, exit, lock, logging, output};
 
 /// Runs `scatter run` and returns the process exit code.
 pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
@@ -39,15 +40,49 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
         );
     }
     let mut history = History::start(&cfg.history, &plan, &begun);
-    let report = supervise::run(&plan, &begun, &cfg.supervision, &mut history)?;
+    let report = supervise::run(&plan, &begun, &cfg.supervision, &mut history);
+    // The supervisor armed the relay's own stop handlers as it finished
+    // (this is for a supervisor that could not start): from here on a stop
+    // signal ends the wait for readers, and scatter.
+    relay::arm();
+    let report = report?;
     let code = report.exit_code(&plan);
     // Problems with the history files were logged as warnings when they
     // happened; they do not change the outcome of the tasks.
     history.finish(&report, code);
-    match cfg.format {
-        Format::Text => report.write_text(&plan, &mut std::io::stderr().lock()),
-        Format::Json => report.write_json(&plan, &mut std::io::stdout().lock()),
+    if let Some(sig) = report.stopped_by {
+        relay::stopped_by(sig);
     }
-    .context("cannot write the run report")?;
-    Ok(code)
+    let mut text = Vec::new();
+    let stream = match cfg.format {
+        Format::Text => {
+            report
+                .write_text(&plan, &mut text)
+                .context("cannot format the run report")?;
+            Stream::Stderr
+        }
+        Format::Json => {
+            report
+                .write_json(&plan, &mut text)
+                .context("cannot format the run report")?;
+            Stream::Stdout
+        }
+    };
+    // The exit code is the tasks', whatever becomes of the report: a run
+    // piped into a reader that went away still failed if a task failed.
+    match relay::deliver(stream, text) {
+        Ok(()) => Ok(code),
+        Err(Undelivered::Stopped(sig)) => Ok(exit::SIGNAL_BASE.saturating_add(sig as u8)),
+        Err(Undelivered::Failed(err)) => {
+            let message = format!("cannot write the run report to {}: {err}", stream.name());
+            if logging::structured() {
+                warn!("{message}");
+            }
+            relay::report(
+                Stream::Stderr,
+                format!("scatter: warning: {message}\n").into_bytes(),
+            );
+            Ok(code)
+        }
+    }
 }

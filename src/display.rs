@@ -75,6 +75,36 @@ pub fn hex_unless_utf8(bytes: &[u8]) -> Option<String> {
         .then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A byte count for humans, in binary units: `812 bytes`, `64 KiB`,
+/// `79.9 MiB`.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return if bytes == 1 {
+            "1 byte".to_string()
+        } else {
+            format!("{bytes} bytes")
+        };
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{value:.1}");
+    format!("{} {}", text.trim_end_matches(".0"), UNITS[unit])
+}
+
+/// An I/O error without the "(os error N)" suffix.
+pub fn error_text(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +156,14 @@ mod tests {
         assert_eq!(duration_precise(Duration::from_millis(1500)), "1.5s");
         assert_eq!(duration_precise(Duration::from_secs(20)), "20s");
         assert_eq!(duration_precise(Duration::from_secs(150)), "2m 30s");
+    }
+
+    #[test]
+    fn sizes_use_binary_units() {
+        assert_eq!(size(1), "1 byte");
+        assert_eq!(size(812), "812 bytes");
+        assert_eq!(size(64 * 1024), "64 KiB");
+        assert_eq!(size(83_886_080 - 65_536), "79.9 MiB");
+        assert_eq!(size(1 << 20), "1 MiB");
     }
 }

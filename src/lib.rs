@@ -24,6 +24,7 @@ pub mod output;
 pub mod plan;
 pub mod platform;
 pub mod reclaim;
+pub mod relay;
 pub mod report;
 #[cfg(test)]
 mod roundtrip;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use scatter::cli::{Cli, Command};
+use scatter::relay::{self, Stream};
 use scatter::supervise::RunStart;
 use scatter::{app, docs, exit, logging, status};
 
@@ -25,16 +26,24 @@ fn main() -> ExitCode {
             None => docs::manpage(&mut std::io::stdout().lock()).map(|()| exit::OK),
         },
     };
-    match result {
-        Ok(code) => ExitCode::from(code),
-        // `scatter status | head`: the reader has seen enough.
-        Err(err) if exit::is_broken_pipe(&err) => ExitCode::from(exit::OK),
+    let code = match result {
+        Ok(code) => code,
+        // `scatter status | head`: the reader has seen enough. A run never
+        // gets here for a closed stdout: its output goes through the relay,
+        // and its exit code is always its tasks'.
+        Err(err) if exit::is_broken_pipe(&err) => exit::OK,
         Err(err) => {
-            eprintln!("scatter: error: {err:#}");
+            let mut text = format!("scatter: error: {err:#}\n");
             if let Some(hint) = exit::fatal_of(&err).and_then(|f| f.hint.as_deref()) {
-                eprintln!("scatter: hint: {hint}");
+                text.push_str(&format!("scatter: hint: {hint}\n"));
             }
-            ExitCode::from(exit::code_of(&err))
+            relay::report(Stream::Stderr, text.into_bytes());
+            exit::code_of(&err)
         }
+    };
+    logging::finish();
+    match relay::finish() {
+        Some(sig) => ExitCode::from(exit::SIGNAL_BASE.saturating_add(sig as u8)),
+        None => ExitCode::from(code),
     }
 }

@@ -82,12 +82,3 @@ pub fn start_failure_code(err: &io::Error) -> u8 {
         _ => exit::CANNOT_EXECUTE,
     }
 }
-
-/// An I/O error without the "(os error N)" suffix.
-pub fn error_text(err: &io::Error) -> String {
-    let text = err.to_string();
-    match text.find(" (os error") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
-}

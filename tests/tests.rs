@@ -21,4 +21,5 @@ mod records;
 mod run;
 mod shard;
 mod signals;
+mod stall;
 mod supervise;

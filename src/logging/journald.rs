@@ -5,40 +5,37 @@
 //! 64-bit little-endian length, value, newline). This is small enough to own,
 //! and owning it lets the socket path be overridden
 //! (`SCATTER_JOURNAL_SOCKET`), which the systemd-journal-logger crate does
-//! not allow, so tests can read what scatter sends from a socket of their own.
+//! not allow, so tests can read what scatter sends from a socket of their own,
+//! and lets the socket be non-blocking ([`LogSocket`]): a stalled journal
+//! costs records, counted, never a blocked supervisor.
 
 use std::io;
-use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 
 use log::kv::{Key, Value, VisitSource};
 use log::{Level, Record};
+
+use super::socket::LogSocket;
 
 const DEFAULT_SOCKET: &str = "/run/systemd/journal/socket";
 /// syslog's `cron` facility.
 const FACILITY_CRON: &str = "9";
 
 pub struct Journal {
-    socket: UnixDatagram,
-    path: PathBuf,
+    socket: LogSocket,
 }
 
 impl Journal {
     pub fn connect() -> io::Result<Journal> {
         let path = std::env::var_os("SCATTER_JOURNAL_SOCKET")
             .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
-        let socket = UnixDatagram::unbound()?;
-        // Fail now, not silently on every record, if nothing listens.
-        socket.connect(&path)?;
-        Ok(Journal { socket, path })
+        Ok(Journal {
+            socket: LogSocket::connect(&path)?,
+        })
     }
 
     pub fn send(&self, record: &Record<'_>) {
-        let payload = payload(record);
-        if self.socket.send(&payload).is_err() {
-            // The journal may have restarted; one retry on a fresh address.
-            let _ = self.socket.send_to(&payload, &self.path);
-        }
+        self.socket.send(&payload(record));
     }
 }
 

@@ -14,21 +14,29 @@
 //! * `--log auto`: journald when stderr is connected to the journal (as
 //!   under a systemd service), stderr otherwise.
 //!
+//! No sink ever blocks the thread that logs, which is the supervisor's:
+//! stderr lines go through the bounded relay ([`crate::relay`]), and the
+//! syslog and journal sockets are non-blocking, so a record that finds the
+//! reader's queue full is dropped and counted. [`finish`] then says once on
+//! stderr how many records were dropped.
+//!
 //! Every message about an instance names it through `display::quoted`, so a
 //! newline in a name cannot forge a second log line, and carries the raw id
 //! as the `instance` key-value for sinks that keep structure.
 
 mod journald;
+mod socket;
+mod syslog;
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use clap::ValueEnum;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::cli::Verbosity;
+use crate::relay::{self, Stream};
 
 /// Where diagnostics go.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,17 +49,21 @@ pub enum Sink {
     Auto,
 }
 
-/// The syslog socket; `SCATTER_SYSLOG_SOCKET` overrides it (for chroots,
-/// and for tests that own a socket).
-fn syslog_socket() -> PathBuf {
-    std::env::var_os("SCATTER_SYSLOG_SOCKET")
-        .map_or_else(|| PathBuf::from("/dev/log"), PathBuf::from)
-}
-
 enum Backend {
     Stderr,
-    Syslog(Mutex<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>),
+    Syslog(syslog::Syslog),
     Journald(journald::Journal),
+}
+
+impl Backend {
+    /// How notices name the sink.
+    fn label(&self) -> &'static str {
+        match self {
+            Backend::Stderr => "stderr",
+            Backend::Syslog(_) => "syslog",
+            Backend::Journald(_) => "the journal",
+        }
+    }
 }
 
 struct Logger {
@@ -71,19 +83,7 @@ impl Log for Logger {
         }
         match &self.backend {
             Backend::Stderr => self.env.log(record),
-            Backend::Syslog(logger) => {
-                let message = record.args().to_string();
-                let Ok(mut logger) = logger.lock() else {
-                    return;
-                };
-                // A logger cannot report its own failure anywhere useful.
-                let _ = match record.level() {
-                    Level::Error => logger.err(message),
-                    Level::Warn => logger.warning(message),
-                    Level::Info => logger.info(message),
-                    Level::Debug | Level::Trace => logger.debug(message),
-                };
-            }
+            Backend::Syslog(syslog) => syslog.send(record),
             Backend::Journald(journal) => journal.send(record),
         }
     }
@@ -91,6 +91,46 @@ impl Log for Logger {
     fn flush(&self) {
         self.env.flush();
     }
+}
+
+/// Records the socket sinks dropped because their reader was not keeping
+/// up, and those they could not send at all (with the first error).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static FAILED: AtomicU64 = AtomicU64::new(0);
+static FIRST_ERROR: OnceLock<String> = OnceLock::new();
+/// The sink in use, as notices name it.
+static LABEL: OnceLock<&'static str> = OnceLock::new();
+
+fn note_dropped() {
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+}
+
+fn note_failed(err: &std::io::Error) {
+    FAILED.fetch_add(1, Ordering::Relaxed);
+    FIRST_ERROR.get_or_init(|| crate::display::error_text(err));
+}
+
+/// Says once, on stderr, how many records the log sink dropped or could
+/// not send. Not through the logger: that sink is the one in trouble.
+pub fn finish() {
+    let label = LABEL.get().copied().unwrap_or("the log sink");
+    let mut text = String::new();
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        text.push_str(&format!(
+            "scatter: warning: {label} is not keeping up; {dropped} log record{} dropped\n",
+            if dropped == 1 { "" } else { "s" }
+        ));
+    }
+    let failed = FAILED.swap(0, Ordering::Relaxed);
+    if failed > 0 {
+        text.push_str(&format!(
+            "scatter: warning: {failed} log record{} could not be sent to {label}: {}\n",
+            if failed == 1 { "" } else { "s" },
+            FIRST_ERROR.get().map_or("unknown error", String::as_str)
+        ));
+    }
+    relay::report(Stream::Stderr, text.into_bytes());
 }
 
 /// Whether diagnostics go to syslog or the journal rather than stderr.
@@ -130,6 +170,10 @@ pub fn init(v: Verbosity, sink: Sink) {
             writeln!(buf, "scatter: {level}: {}", record.args())
         }
     });
+    // Through the relay: a stalled stderr must not block the logging thread.
+    builder.target(env_logger::Target::Pipe(Box::new(relay::Writer(
+        Stream::Stderr,
+    ))));
     let env = builder.build();
     let sink = match sink {
         Sink::Auto if journald::stderr_is_journal() => Sink::Journald,
@@ -137,25 +181,16 @@ pub fn init(v: Verbosity, sink: Sink) {
         other => other,
     };
     let (backend, problem) = match sink {
-        Sink::Syslog => {
-            let socket = syslog_socket();
-            let formatter = syslog::Formatter3164 {
-                facility: syslog::Facility::LOG_CRON,
-                hostname: None,
-                process: "scatter".into(),
-                pid: std::process::id(),
-            };
-            match syslog::unix_custom(formatter, &socket) {
-                Ok(logger) => (Backend::Syslog(Mutex::new(logger)), None),
-                Err(err) => (
-                    Backend::Stderr,
-                    Some(format!(
-                        "cannot reach syslog at {}: {err}; logging to stderr",
-                        socket.display()
-                    )),
-                ),
-            }
-        }
+        Sink::Syslog => match syslog::Syslog::connect() {
+            Ok(syslog) => (Backend::Syslog(syslog), None),
+            Err(err) => (
+                Backend::Stderr,
+                Some(format!(
+                    "cannot reach syslog at {}: {err}; logging to stderr",
+                    syslog::socket_path().display()
+                )),
+            ),
+        },
         Sink::Journald => match journald::Journal::connect() {
             Ok(journal) => (Backend::Journald(journal), None),
             Err(err) => (
@@ -168,6 +203,7 @@ pub fn init(v: Verbosity, sink: Sink) {
         Sink::Stderr | Sink::Auto => (Backend::Stderr, None),
     };
     STRUCTURED.store(!matches!(backend, Backend::Stderr), Ordering::Relaxed);
+    let _ = LABEL.set(backend.label());
     log::set_max_level(env.filter());
     if log::set_boxed_logger(Box::new(Logger { env, backend })).is_err() {
         return;

@@ -231,7 +231,7 @@ impl Host for Processes<'_> {
                 }
                 let again = err.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error());
                 return Started::Failed {
-                    reason: format!("{}: {}", quoted(&argv[0]), spawn::error_text(&err)),
+                    reason: format!("{}: {}", quoted(&argv[0]), crate::display::error_text(&err)),
                     code: spawn::start_failure_code(&err),
                     again,
                 };
@@ -400,6 +400,15 @@ impl Host for Processes<'_> {
 
     fn pending(&self) -> Option<Instant> {
         self.hung.iter().map(|h| h.kill_at).min()
+    }
+}
+
+impl Drop for Processes<'_> {
+    fn drop(&mut self) {
+        // The supervisor's stop handlers go with `signals`, right after
+        // this; the relay's take over first, so no stop signal falls in
+        // between and is ignored while the report waits for its reader.
+        crate::relay::arm();
     }
 }
 
