@@ -15,6 +15,7 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
 use crate::logging::Sink;
+use crate::output::OutputMode;
 use crate::plan::Order;
 use crate::shard::{self, Shard};
 
@@ -78,6 +79,19 @@ pub struct Verbosity {
     /// Only errors on stderr.
     #[arg(short, long, global = true, env = "SCATTER_QUIET")]
     pub quiet: bool,
+}
+
+impl Verbosity {
+    /// The level diagnostics are shown from: warnings by default, debug with
+    /// `-v`, trace with `-vv`, errors only with `-q`.
+    pub fn level(self) -> log::LevelFilter {
+        match (self.quiet, self.verbose) {
+            (true, _) => log::LevelFilter::Error,
+            (false, 0) => log::LevelFilter::Warn,
+            (false, 1) => log::LevelFilter::Debug,
+            (false, _) => log::LevelFilter::Trace,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,7 +228,7 @@ pub struct RunArgs {
 
     /// Task output: inherit, null, tag, dir=PATH or on-failure.
     #[arg(long, value_name = "MODE", default_value = "inherit", env = "SCATTER_OUTPUT",
-          value_parser = parse_output)]
+          value_parser = OutputMode::parse)]
     pub output: OutputMode,
 
     /// The task to run for each instance, after `--`.
@@ -263,39 +277,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
-}
-
-/// Where the tasks' stdout and stderr go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutputMode {
-    /// Scatter's own stdout and stderr.
-    Inherit,
-    /// Discarded.
-    Null,
-    /// Through scatter, every line prefixed with `<id>: `, on stdout.
-    Tag,
-    /// Into `PATH/<encoded-id>.log`, replaced on each run.
-    Dir(PathBuf),
-    /// Kept aside and shown (tagged) only if the task failed or timed out.
-    OnFailure,
-}
-
-fn parse_output(s: &str) -> Result<OutputMode, String> {
-    Ok(match s {
-        "inherit" => OutputMode::Inherit,
-        "null" => OutputMode::Null,
-        "tag" => OutputMode::Tag,
-        "on-failure" => OutputMode::OnFailure,
-        _ => match s.strip_prefix("dir=") {
-            Some("") => return Err("dir= needs a directory, as in dir=/var/log/scatter".into()),
-            Some(dir) => OutputMode::Dir(PathBuf::from(dir)),
-            None => {
-                return Err(format!(
-                    "{s:?} is not an output mode; use inherit, null, tag, dir=PATH or on-failure"
-                ));
-            }
-        },
-    })
 }
 
 fn parse_cap(s: &str) -> Result<NonZeroUsize, String> {
@@ -355,17 +336,6 @@ mod tests {
             let err = parse_duration(huge).unwrap_err();
             assert!(err.contains(huge), "{err}");
         }
-    }
-
-    #[test]
-    fn output_modes() {
-        assert_eq!(parse_output("tag").unwrap(), OutputMode::Tag);
-        assert_eq!(
-            parse_output("dir=/x").unwrap(),
-            OutputMode::Dir("/x".into())
-        );
-        assert!(parse_output("dir=").is_err());
-        assert!(parse_output("file").unwrap_err().contains("on-failure"));
     }
 
     #[test]

@@ -14,11 +14,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use log::warn;
 
-use crate::cli::{Format, OutputMode, RunArgs};
+use crate::cli::{Format, RunArgs};
 use crate::display::quoted;
 use crate::exit::{self, Fatal};
 use crate::history;
 use crate::lock;
+use crate::output::OutputMode;
 use crate::plan;
 use crate::shard::Shard;
 use crate::state;

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     // Taken first, so that scatter's own start-up counts against the window.
     let begun = RunStart::now();
     let cli = Cli::parse();
-    logging::init(cli.verbosity, cli.log);
+    logging::init(cli.verbosity.level(), cli.log);
     let result = match cli.command {
         Command::Run(args) => app::run(args, begun),
         Command::Status(args) => status::run(args),

@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use clap::ValueEnum;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-use crate::cli::Verbosity;
 use crate::relay::{self, Stream};
 
 /// Where diagnostics go.
@@ -145,13 +144,7 @@ pub fn structured() -> bool {
 
 /// Installs the logger. A sink that cannot be reached falls back to stderr
 /// with a warning there, so nothing is lost silently.
-pub fn init(v: Verbosity, sink: Sink) {
-    let level = match (v.quiet, v.verbose) {
-        (true, _) => LevelFilter::Error,
-        (false, 0) => LevelFilter::Warn,
-        (false, 1) => LevelFilter::Debug,
-        (false, _) => LevelFilter::Trace,
-    };
+pub fn init(level: LevelFilter, sink: Sink) {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level).parse_env("RUST_LOG");
     let stamped = level >= LevelFilter::Debug || std::env::var_os("RUST_LOG").is_some();

@@ -68,8 +68,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 
-use crate::cli::OutputMode;
 use crate::outcome::TaskResult;
+use crate::output::OutputMode;
 use crate::plan::Plan;
 use crate::report::Report;
 

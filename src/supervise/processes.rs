@@ -324,7 +324,7 @@ impl Host for Processes<'_> {
         let timeout = deadline.map(|t| t.saturating_duration_since(Instant::now()));
         let mut slots = Vec::new();
         let mut fds = vec![PollFd::from_borrowed_fd(self.signals.fd(), PollFlags::IN)];
-        if matches!(self.opts.output, crate::cli::OutputMode::Tag) {
+        if matches!(self.opts.output, crate::output::OutputMode::Tag) {
             for (slot, proc_) in &self.procs {
                 if let Capture::Pipe(pipe) = &proc_.capture {
                     fds.push(PollFd::new(pipe.fd(), PollFlags::IN));

@@ -51,23 +51,65 @@
 use std::cell::Cell;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use anyhow::{Context, Result};
 use log::warn;
 use rustix::io::Errno;
 
-use crate::cli::OutputMode;
 use crate::display::{self, quoted};
 use crate::lockname::encode_id;
 use crate::platform;
 use crate::relay::{self, Stream};
 use crate::safedir::{DirKind, SafeDir};
 use crate::spawn::Output;
+
+mod lines;
+mod spool;
+#[cfg(test)]
+mod tests;
+
+use lines::*;
+use spool::UNSPOOLED;
+
+/// Where the tasks' stdout and stderr go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Scatter's own stdout and stderr.
+    Inherit,
+    /// Discarded.
+    Null,
+    /// Through scatter, every line prefixed with `<id>: `, on stdout.
+    Tag,
+    /// Into `PATH/<encoded-id>.log`, replaced on each run.
+    Dir(PathBuf),
+    /// Kept aside and shown (tagged) only if the task failed or timed out.
+    OnFailure,
+}
+
+impl OutputMode {
+    /// Parses `--output`: `inherit`, `null`, `tag`, `dir=PATH` or `on-failure`.
+    pub fn parse(s: &str) -> Result<OutputMode, String> {
+        Ok(match s {
+            "inherit" => OutputMode::Inherit,
+            "null" => OutputMode::Null,
+            "tag" => OutputMode::Tag,
+            "on-failure" => OutputMode::OnFailure,
+            _ => match s.strip_prefix("dir=") {
+                Some("") => return Err("dir= needs a directory, as in dir=/var/log/scatter".into()),
+                Some(dir) => OutputMode::Dir(PathBuf::from(dir)),
+                None => {
+                    return Err(format!(
+                        "{s:?} is not an output mode; use inherit, null, tag, dir=PATH or on-failure"
+                    ));
+                }
+            },
+        })
+    }
+}
 
 /// `--output dir=PATH`: private, created with mode 0750.
 pub const LOG_DIRS: DirKind = DirKind {
@@ -235,21 +277,6 @@ impl Outputs {
         Ok(file)
     }
 
-    /// A new spool file for the task of `slot`, or `None` (with one
-    /// warning per run) when the spool cannot hold one.
-    fn spool_file(&self, slot: usize) -> Option<(File, PathBuf)> {
-        let path = self.spool.as_ref()?.path().join(format!("{slot}.out"));
-        match open_spool(&path) {
-            Ok(file) => Some((file, path)),
-            Err(err) => {
-                if !self.spool_warned.replace(true) {
-                    warn!("{}; {UNSPOOLED}", crate::display::error_text(&err));
-                }
-                None
-            }
-        }
-    }
-
     /// Reads what is available from a tag pipe, up to [`READS_PER_WAKE`]
     /// reads, and relays its whole lines. Returns true at end of file.
     pub fn read_pipe(&self, tag: &str, pipe: &mut LinePipe) -> bool {
@@ -291,70 +318,6 @@ impl Outputs {
         pipe.lines.flush(&mut |piece| tagged(&mut out, tag, piece));
         relay::lines(Stream::Stdout, out);
     }
-
-    /// `on-failure`: shows the end of a failed task's output, tagged; then,
-    /// failed or not, deletes the spool file.
-    pub fn settle_spool(&self, tag: &str, path: &Path, failed: bool) {
-        if failed {
-            match self.spool_tail(tag, path) {
-                Ok(out) => relay::lines(Stream::Stdout, out),
-                Err(err) => warn!(
-                    "{tag}: cannot read its captured output {}: {err}",
-                    quoted(path)
-                ),
-            }
-        }
-        let _ = std::fs::remove_file(path);
-    }
-
-    /// The end of a spool file as tagged lines, within the task's and the
-    /// run's limits.
-    fn spool_tail(&self, tag: &str, path: &Path) -> io::Result<Vec<u8>> {
-        let mut file = File::open(path)?;
-        let size = file.metadata()?.len();
-        let full = spool_full(&file);
-        let left = SHOWN_PER_RUN.saturating_sub(self.shown.get());
-        if size > 0 && left == 0 {
-            self.not_shown.set(self.not_shown.get() + 1);
-            return Ok(Vec::new());
-        }
-        let shown = size.min(SHOWN_PER_TASK).min(left);
-        let mut out = Vec::new();
-        if shown < size {
-            let line = format!(
-                "[… {} of output cut; the last {} follow]",
-                display::size(size - shown),
-                display::size(shown)
-            );
-            tagged(&mut out, tag, line.as_bytes());
-            file.seek(SeekFrom::Start(size - shown))?;
-        }
-        // Only what was there when the task ended: a child it left behind
-        // may still be appending.
-        let mut rest = file.take(shown);
-        let mut lines = Lines::default();
-        let mut emit = |piece: &[u8]| tagged(&mut out, tag, piece);
-        let mut buf = [0u8; READ_SIZE];
-        loop {
-            match rest.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => lines.feed(&buf[..n], &mut emit),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
-        lines.flush(&mut emit);
-        if full {
-            let tmp = path.parent().and_then(Path::parent).unwrap_or(path);
-            let line = format!(
-                "[output may be incomplete: the spool filesystem ({}) is full]",
-                quoted(tmp)
-            );
-            tagged(&mut out, tag, line.as_bytes());
-        }
-        self.shown.set(self.shown.get() + shown);
-        Ok(out)
-    }
 }
 
 impl Drop for Outputs {
@@ -380,112 +343,10 @@ impl Outputs {
     }
 }
 
-/// What the spool warnings add: where such a task's output goes instead.
-const UNSPOOLED: &str = "tasks without a spool file write to scatter's own stdout and stderr, \
-    whether they fail or not";
-
-/// Whether the filesystem holding `file` has (next to) no room left.
-fn spool_full(file: &File) -> bool {
-    let Ok(fs) = rustix::fs::fstatvfs(file) else {
-        return false;
-    };
-    // The tasks run as scatter's user; root may also fill the blocks the
-    // filesystem reserves for it.
-    let free = if platform::euid() == 0 {
-        fs.f_bfree
-    } else {
-        fs.f_bavail
-    };
-    let block = if fs.f_frsize > 0 {
-        fs.f_frsize
-    } else {
-        fs.f_bsize
-    };
-    free.saturating_mul(block) < SPOOL_FULL_BELOW
-}
-
-/// A stream cut into lines of at most [`MAX_LINE`] bytes, in one pass: each
-/// byte is looked at once however long the line, and only the unfinished
-/// end is kept.
-#[derive(Default)]
-struct Lines {
-    partial: Vec<u8>,
-}
-
-impl Lines {
-    /// Calls `emit` with each complete piece of the stream so far (a line
-    /// with its newline, or [`MAX_LINE`] bytes of a longer one) and keeps
-    /// the unfinished rest.
-    fn feed(&mut self, mut data: &[u8], emit: &mut impl FnMut(&[u8])) {
-        while !data.is_empty() {
-            let room = MAX_LINE - self.partial.len();
-            let window = &data[..data.len().min(room)];
-            let end = match memchr::memchr(b'\n', window) {
-                Some(i) => i + 1,
-                None if window.len() == room => room,
-                None => {
-                    self.partial.extend_from_slice(window);
-                    return;
-                }
-            };
-            if self.partial.is_empty() {
-                emit(&data[..end]);
-            } else {
-                self.partial.extend_from_slice(&data[..end]);
-                emit(&self.partial);
-                // Hand the memory back: most tasks are between lines most
-                // of the time, and thousands may be running.
-                self.partial = Vec::new();
-            }
-            data = &data[end..];
-        }
-    }
-
-    /// Emits the unfinished rest, if any.
-    fn flush(&mut self, emit: &mut impl FnMut(&[u8])) {
-        if !self.partial.is_empty() {
-            emit(&self.partial);
-            self.partial = Vec::new();
-        }
-    }
-
-    /// Memory held for the unfinished rest.
-    fn held(&self) -> usize {
-        self.partial.capacity()
-    }
-}
-
-/// Appends `tag: piece` to `out`, with a newline if the piece has none.
-fn tagged(out: &mut Vec<u8>, tag: &str, piece: &[u8]) {
-    out.reserve(tag.len() + 2 + piece.len() + 1);
-    out.extend_from_slice(tag.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(piece);
-    if !piece.ends_with(b"\n") {
-        out.push(b'\n');
-    }
-}
-
 /// One file (or pipe end) as both stdout and stderr, so their order is kept.
 fn both(file: File) -> io::Result<(Stdio, Stdio)> {
     let err = file.try_clone()?;
     Ok((Stdio::from(file), Stdio::from(err)))
-}
-
-/// Creates a task's spool file, in scatter's own private spool directory.
-fn open_spool(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot open spool file {}: {e}", quoted(path)),
-            )
-        })
 }
 
 /// Checks `--output dir=PATH` before the run records anything: creates the
@@ -500,125 +361,4 @@ pub fn check_log_dir(mode: &OutputMode, create: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cut(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
-        let mut lines = Lines::default();
-        let mut pieces = Vec::new();
-        for chunk in chunks {
-            lines.feed(chunk, &mut |p: &[u8]| pieces.push(p.to_vec()));
-        }
-        (pieces, lines.partial.clone())
-    }
-
-    #[test]
-    fn partial_lines_wait_for_their_newline() {
-        let (pieces, rest) = cut(&[b"one\ntw", b"o\nthr"]);
-        assert_eq!(pieces, [b"one\n".to_vec(), b"two\n".to_vec()]);
-        assert_eq!(rest, b"thr");
-    }
-
-    #[test]
-    fn flush_writes_the_rest() {
-        let mut lines = Lines::default();
-        let mut out = Vec::new();
-        lines.feed(b"no newline", &mut |p: &[u8]| tagged(&mut out, "t", p));
-        assert!(out.is_empty());
-        lines.flush(&mut |p: &[u8]| tagged(&mut out, "t", p));
-        assert_eq!(out, b"t: no newline\n");
-        assert_eq!(lines.held(), 0, "memory handed back");
-    }
-
-    #[test]
-    fn endless_lines_are_cut_at_max_line() {
-        let data = vec![b'x'; 3 * MAX_LINE + 10];
-        let (pieces, rest) = cut(&[&data[..1000], &data[1000..]]);
-        assert_eq!(pieces.len(), 3);
-        assert!(pieces.iter().all(|p| p.len() == MAX_LINE));
-        assert_eq!(rest.len(), 10);
-    }
-
-    #[test]
-    fn cutting_is_linear() {
-        // 64 MiB without a newline, fed in pipe-sized reads: quadratic
-        // rescanning would take minutes; one pass takes milliseconds.
-        let chunk = vec![b'x'; READ_SIZE];
-        let mut lines = Lines::default();
-        let mut total = 0usize;
-        let started = std::time::Instant::now();
-        for _ in 0..(64 << 20) / READ_SIZE {
-            lines.feed(&chunk, &mut |p: &[u8]| total += p.len());
-        }
-        assert_eq!(total, 64 << 20);
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{:?}",
-            started.elapsed()
-        );
-    }
-
-    fn on_failure() -> Outputs {
-        Outputs::new(&OutputMode::OnFailure).unwrap()
-    }
-
-    fn spool(outputs: &Outputs, slot: usize, content: &[u8]) -> PathBuf {
-        let (mut file, path) = outputs.spool_file(slot).unwrap();
-        std::io::Write::write_all(&mut file, content).unwrap();
-        path
-    }
-
-    #[test]
-    fn a_long_spool_shows_its_last_64_kib_after_a_cut_line() {
-        let outputs = on_failure();
-        let mut content = vec![b'a'; 1_000_000];
-        content.extend_from_slice(b"\nthe end\n");
-        let path = spool(&outputs, 0, &content);
-        let out = outputs.spool_tail("t", &path).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let mut lines = text.lines();
-        assert_eq!(
-            lines.next().unwrap(),
-            "t: [… 912.6 KiB of output cut; the last 64 KiB follow]"
-        );
-        // The rest: 64 KiB of the task's own bytes (two of them the
-        // newlines `lines()` strips), cut into tagged pieces.
-        let body: usize = lines.clone().map(|l| l.len() - "t: ".len()).sum();
-        assert_eq!(body + 2, SHOWN_PER_TASK as usize);
-        assert_eq!(lines.count(), 5, "4 pieces of 16 KiB, the last line");
-        assert!(text.ends_with("t: the end\n"));
-        assert_eq!(outputs.shown.get(), SHOWN_PER_TASK);
-    }
-
-    #[test]
-    fn a_short_spool_is_shown_whole() {
-        let outputs = on_failure();
-        let path = spool(&outputs, 0, b"one\ntwo");
-        let out = outputs.spool_tail("t", &path).unwrap();
-        assert_eq!(out, b"t: one\nt: two\n");
-    }
-
-    #[test]
-    fn the_run_limit_holds_back_later_failures() {
-        let outputs = on_failure();
-        let content = vec![b'z'; 200_000];
-        let whole = (SHOWN_PER_RUN / SHOWN_PER_TASK) as usize;
-        for slot in 0..whole + 3 {
-            let path = spool(&outputs, slot, &content);
-            let out = outputs.spool_tail("t", &path).unwrap();
-            assert_eq!(out.is_empty(), slot >= whole, "slot {slot}");
-        }
-        assert_eq!(outputs.shown.get(), SHOWN_PER_RUN);
-        // Empty output of a failed task is not "held back".
-        let path = spool(&outputs, 99, b"");
-        outputs.spool_tail("t", &path).unwrap();
-        assert_eq!(
-            outputs.held_back().unwrap(),
-            "scatter: [output of 3 more failed tasks not shown: the run's 1 MiB limit was reached]\n"
-        );
-        outputs.not_shown.set(0);
-    }
 }

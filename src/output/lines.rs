@@ -1,0 +1,66 @@
+//! Cutting a stream of bytes into whole, tagged lines in one pass, with a
+//! bound on how long a line may grow.
+
+use super::*;
+
+/// A stream cut into lines of at most [`MAX_LINE`] bytes, in one pass: each
+/// byte is looked at once however long the line, and only the unfinished
+/// end is kept.
+#[derive(Default)]
+pub(super) struct Lines {
+    pub(super) partial: Vec<u8>,
+}
+
+impl Lines {
+    /// Calls `emit` with each complete piece of the stream so far (a line
+    /// with its newline, or [`MAX_LINE`] bytes of a longer one) and keeps
+    /// the unfinished rest.
+    pub(super) fn feed(&mut self, mut data: &[u8], emit: &mut impl FnMut(&[u8])) {
+        while !data.is_empty() {
+            let room = MAX_LINE - self.partial.len();
+            let window = &data[..data.len().min(room)];
+            let end = match memchr::memchr(b'\n', window) {
+                Some(i) => i + 1,
+                None if window.len() == room => room,
+                None => {
+                    self.partial.extend_from_slice(window);
+                    return;
+                }
+            };
+            if self.partial.is_empty() {
+                emit(&data[..end]);
+            } else {
+                self.partial.extend_from_slice(&data[..end]);
+                emit(&self.partial);
+                // Hand the memory back: most tasks are between lines most
+                // of the time, and thousands may be running.
+                self.partial = Vec::new();
+            }
+            data = &data[end..];
+        }
+    }
+
+    /// Emits the unfinished rest, if any.
+    pub(super) fn flush(&mut self, emit: &mut impl FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            emit(&self.partial);
+            self.partial = Vec::new();
+        }
+    }
+
+    /// Memory held for the unfinished rest.
+    pub(super) fn held(&self) -> usize {
+        self.partial.capacity()
+    }
+}
+
+/// Appends `tag: piece` to `out`, with a newline if the piece has none.
+pub(super) fn tagged(out: &mut Vec<u8>, tag: &str, piece: &[u8]) {
+    out.reserve(tag.len() + 2 + piece.len() + 1);
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(piece);
+    if !piece.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+}
