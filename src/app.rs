@@ -47,8 +47,8 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
     relay::arm();
     let report = report?;
     let code = report.exit_code(&plan);
-    // Problems with the history files were logged as warnings when they
-    // happened; they do not change the outcome of the tasks.
+    // Problems with the history files are warnings; they never change the
+    // outcome of the tasks.
     history.finish(&report, code);
     if let Some(sig) = report.stopped_by {
         relay::stopped_by(sig);

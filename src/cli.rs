@@ -280,9 +280,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_cap(s: &str) -> Result<NonZeroUsize, String> {
-    match s.trim().parse::<usize>() {
-        Ok(0) => Err("0 would never start anything; give at least 1".into()),
-        Ok(n) => Ok(NonZeroUsize::new(n).expect("n is not zero")),
+    match s.trim().parse::<usize>().map(NonZeroUsize::new) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err("0 would never start anything; give at least 1".into()),
         Err(_) => Err(format!(
             "{s:?} is not a number of tasks; give a whole number such as 50"
         )),

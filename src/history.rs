@@ -101,10 +101,10 @@ impl<'a> History<'a> {
         }
     }
 
-    /// Writes the final run record and the metrics file. Problems were
-    /// logged as warnings when they happened; they are also returned, one
-    /// line each.
-    pub fn finish(mut self, report: &Report, exit_code: u8) -> Vec<String> {
+    /// Writes the final run record and the metrics file. Problems are
+    /// logged as warnings as they happen (one per kind); they cost the
+    /// history, never the run's outcome, so nothing is returned.
+    pub fn finish(mut self, report: &Report, exit_code: u8) {
         let ended = SystemTime::now();
         self.run.update(|run| {
             run.state = if report.stopped_by.is_some() {
@@ -126,15 +126,10 @@ impl<'a> History<'a> {
             keys.sort();
             keys
         });
-        let mut problems = Vec::new();
-        let merged = match self.writer.take() {
-            Some(writer) => {
-                let written = writer.finish(keep);
-                problems.extend(written.errors);
-                written.instances
-            }
-            None => None,
-        };
+        let merged = self
+            .writer
+            .take()
+            .and_then(|writer| writer.finish(keep).instances);
         let empty = BTreeMap::new();
         if let Some(path) = &self.metrics_file {
             let name = self.plan.name.to_string_lossy();
@@ -146,12 +141,9 @@ impl<'a> History<'a> {
                 instances: merged.as_ref().or(self.local.as_ref()).unwrap_or(&empty),
             };
             if let Err(err) = metrics::write(path, &snapshot) {
-                let line = format!("cannot write the metrics file: {err:#}");
-                warn!("{line}");
-                problems.push(line);
+                warn!("cannot write the metrics file: {err:#}");
             }
         }
-        problems
     }
 }
 

@@ -4,6 +4,13 @@
 //! The binary (`main.rs`) only parses flags and maps results to exit codes;
 //! everything else is in these modules, one responsibility each.
 
+// A panic on a runtime path leaves tasks unsupervised: outside tests,
+// fallible calls are handled, never unwrapped.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -196,8 +196,9 @@ impl Channel {
             match rustix::io::write(fd, &chunk.bytes[start..end]) {
                 Ok(n) => {
                     st.front_written += n;
-                    if st.front_written == chunk.bytes.len() {
-                        let chunk = st.queue.pop_front().expect("front chunk");
+                    if st.front_written == chunk.bytes.len()
+                        && let Some(chunk) = st.queue.pop_front()
+                    {
                         st.front_written = 0;
                         if chunk.bounded {
                             st.bounded = st.bounded.saturating_sub(chunk.bytes.len());
@@ -257,7 +258,10 @@ impl Channel {
             // threads can still push (and drop) meanwhile.
             drop(st);
             let mut fds = [PollFd::from_borrowed_fd(borrow(fd), PollFlags::OUT)];
-            let timeout = Timespec::try_from(STOP_CHECK).expect("small timeout");
+            let timeout = Timespec {
+                tv_sec: 0,
+                tv_nsec: i64::from(STOP_CHECK.subsec_nanos()),
+            };
             let _ = rustix::event::poll(&mut fds, Some(&timeout));
             st = self.lock();
         }

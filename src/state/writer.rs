@@ -60,7 +60,8 @@ enum Msg {
 pub struct Written {
     /// The merged instance records after the last write, if it succeeded.
     pub instances: Option<BTreeMap<String, InstanceRecord>>,
-    /// Every write that failed, for the end-of-run report.
+    /// Every write that failed (each kind was also logged once, as it
+    /// happened).
     pub errors: Vec<String>,
 }
 
@@ -97,9 +98,14 @@ impl Writer {
     pub fn finish(self, keep: Option<Vec<String>>) -> Written {
         let _ = self.tx.send(Msg::Finish { keep });
         drop(self.tx);
-        self.handle.join().unwrap_or_else(|_| Written {
-            instances: None,
-            errors: vec!["the state writer thread panicked".into()],
+        self.handle.join().unwrap_or_else(|_| {
+            warn!(
+                "the state writer thread panicked; scatter status and metrics will be out of date"
+            );
+            Written {
+                instances: None,
+                errors: vec!["the state writer thread panicked".into()],
+            }
         })
     }
 }
