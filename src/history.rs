@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use log::warn;
 
 use crate::display::unix_secs;
-use crate::lockname::encode_id;
+use crate::idcode::encode_id;
 use crate::metrics;
 use crate::outcome::{Outcome, RunState, TaskResult};
 use crate::plan::Plan;

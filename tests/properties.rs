@@ -22,8 +22,8 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use sha2::{Digest, Sha256};
 
+use scatter::idcode::{MAX_STEM, NAME_MAX, decode_stem, encode_id};
 use scatter::idhash::hash_key;
-use scatter::lockname::{MAX_STEM, NAME_MAX, decode_stem, encode_id};
 use scatter::plan::{Order, Plan, Spec, offset, order};
 use scatter::shard::Shard;
 use scatter::template::Template;

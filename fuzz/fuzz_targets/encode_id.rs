@@ -1,4 +1,4 @@
-//! Fuzzes the id → lock-name encoding (`scatter::lockname`).
+//! Fuzzes the id → lock-name encoding (`scatter::idcode`).
 //!
 //! The input is split on NUL (which no id can contain) into ids; `/` is
 //! dropped from each and empty ones are skipped. For every id the stem must
@@ -15,7 +15,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use libfuzzer_sys::fuzz_target;
-use scatter::lockname::{MAX_STEM, NAME_MAX, decode_stem, encode_id};
+use scatter::idcode::{MAX_STEM, NAME_MAX, decode_stem, encode_id};
 
 fn enc(id: &[u8]) -> String {
     encode_id(OsStr::from_bytes(id))

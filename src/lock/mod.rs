@@ -31,7 +31,7 @@ use anyhow::{Context, Result};
 
 use crate::display::quoted;
 use crate::exit::Fatal;
-use crate::lockname::encode_id;
+use crate::idcode::encode_id;
 use crate::platform::FileId;
 use crate::safedir::{DirKind, FileError, SafeDir, usable_or_creatable};
 

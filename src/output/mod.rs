@@ -61,7 +61,7 @@ use log::warn;
 use rustix::io::Errno;
 
 use crate::display::{self, quoted};
-use crate::lockname::encode_id;
+use crate::idcode::encode_id;
 use crate::platform;
 use crate::relay::{self, Stream};
 use crate::safedir::{DirKind, SafeDir};

@@ -17,7 +17,7 @@ use log::{debug, warn};
 
 use crate::display::quoted;
 use crate::exit::Fatal;
-use crate::lockname::encode_id;
+use crate::idcode::encode_id;
 use crate::safedir::{DirKind, FileError, SafeDir, usable_or_creatable};
 
 use super::records::{Event, InstanceRecord, InstancesFile, RunRecord, apply};

@@ -1,4 +1,5 @@
-//! The id → file-name encoding used for lock files and per-instance logs.
+//! The id → file-name encoding: lock files, per-instance log files and the
+//! keys of instance records all name an instance this way.
 //!
 //! Any instance id must map to exactly one safe file name, and two different
 //! ids must never share one, or two tenants would share a lock. The encoding
