@@ -2,7 +2,17 @@
 //! window, each under its own non-blocking lock.
 //!
 //! The binary (`main.rs`) only parses flags and maps results to exit codes;
-//! everything else is in these modules, one responsibility each.
+//! everything else is in these modules, one responsibility each, in layers
+//! that depend only downwards (the README's module table lists them):
+//!
+//! * top: `app`, `status`, `docs`, `config` (the one module that knows both
+//!   the flags and the domain) and `cli` (the clap definition);
+//! * records: `history`, `state`, `metrics`, `report`, `dryrun`;
+//! * engine: `supervise`, `reclaim`;
+//! * domain: `plan`, `discovery`, `template`, `shard`, `lock`, `output`,
+//!   `spawn`;
+//! * leaves: `outcome`, `safedir`, `relay`, `logging`, `platform`,
+//!   `idcode`, `idhash`, `lenient`, `display`, `exit`.
 
 // A panic on a runtime path leaves tasks unsupervised: outside tests,
 // fallible calls are handled, never unwrapped.
