@@ -7,8 +7,8 @@
 //!
 //! * top: `app`, `status`, `docs`, `config` (the one module that knows both
 //!   the flags and the domain) and `cli` (the clap definition);
-//! * records: `history`, `state`, `metrics`, `report`, `dryrun`;
-//! * engine: `supervise`, `reclaim`;
+//! * engine and records: `supervise`, `reclaim`, `history`, `state`,
+//!   `metrics`, `report`, `dryrun`;
 //! * domain: `plan`, `discovery`, `template`, `shard`, `lock`, `output`,
 //!   `spawn`;
 //! * leaves: `outcome`, `safedir`, `relay`, `logging`, `platform`,
