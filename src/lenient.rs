@@ -67,19 +67,69 @@ pub fn counts<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, usize>
 }
 
 /// Records keyed by name, each read on its own: one that is not even an
-/// object becomes the default record, and the others are unaffected.
+/// object becomes the default record, and the others are unaffected. The
+/// map is read one entry at a time, so only one record is ever held as a
+/// loose JSON value: 10,000 records must not cost twice their size.
 pub fn records<'de, D, T>(d: D) -> Result<BTreeMap<String, T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned + Default,
 {
-    let Value::Object(map) = Value::deserialize(d)? else {
-        return Ok(BTreeMap::new());
-    };
-    Ok(map
-        .into_iter()
-        .map(|(k, v)| (k, T::deserialize(v).unwrap_or_default()))
-        .collect())
+    struct Records<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: DeserializeOwned + Default> serde::de::Visitor<'de> for Records<T> {
+        type Value = BTreeMap<String, T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("records keyed by name")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                out.insert(key, T::deserialize(value).unwrap_or_default());
+            }
+            Ok(out)
+        }
+
+        // Anything but a map: no records, rather than no file.
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(BTreeMap::new())
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+    }
+
+    d.deserialize_any(Records(std::marker::PhantomData))
 }
 
 /// Integer types [`count`] can saturate into.
