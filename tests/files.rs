@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{Fixture, Ran, run};
 
-const NOBODY: u32 = 65534;
+use crate::util::NOBODY;
 
 /// How long a run over a planted FIFO may take before it counts as blocked.
 const HARD_LIMIT: Duration = Duration::from_secs(20);

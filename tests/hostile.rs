@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::util::{Fixture, run};
 
-const NOBODY: u32 = 65534;
+use crate::util::NOBODY;
 
 fn counts_total(doc: &serde_json::Value) -> u64 {
     doc["counts"]
@@ -23,18 +23,8 @@ fn counts_total(doc: &serde_json::Value) -> u64 {
         .sum()
 }
 
-/// Makes the fixture usable by uid `nobody`: everything it needs to write
-/// belongs to nobody, the rest is world-readable.
 fn hand_to_nobody(fx: &Fixture) {
-    hand_to(fx, NOBODY);
-}
-
-fn hand_to(fx: &Fixture, uid: u32) {
-    std::fs::set_permissions(fx.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for dir in [&fx.locks, &fx.state(), &fx.rec] {
-        std::fs::create_dir_all(dir).unwrap();
-        std::os::unix::fs::chown(dir, Some(uid), Some(uid)).unwrap();
-    }
+    util::hand_to(fx, NOBODY);
 }
 
 #[test]
@@ -87,7 +77,7 @@ fn too_few_processes_fail_only_the_starts_that_hit_eagain() {
     const UID: u32 = 61_106;
     let names: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
     let fx = Fixture::with(&names);
-    hand_to(&fx, UID);
+    util::hand_to(&fx, UID);
     // RLIMIT_NPROC counts every process and thread of the uid: scatter, its
     // state writer and two sleeps fit, later starts get EAGAIN.
     let mut cmd = fx.run_wrapped(

@@ -15,17 +15,6 @@ use std::time::{Duration, Instant};
 
 use crate::util::{Fixture, run};
 
-/// Makes the fixture usable by `uid`: what it writes belongs to it, the
-/// rest is world-readable.
-fn hand_to(fx: &Fixture, uid: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(fx.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for dir in [&fx.locks, &fx.state(), &fx.rec] {
-        std::fs::create_dir_all(dir).unwrap();
-        std::os::unix::fs::chown(dir, Some(uid), Some(uid)).unwrap();
-    }
-}
-
 fn counts(doc: &serde_json::Value, kind: &str) -> u64 {
     doc["counts"][kind].as_u64().unwrap_or(0)
 }
@@ -38,7 +27,7 @@ fn catching_up_after_a_stall_reaps_between_starts() {
     const UID: u32 = 61_101;
     let names: Vec<String> = (0..150).map(|i| format!("t{i:03}")).collect();
     let fx = Fixture::with(&names);
-    hand_to(&fx, UID);
+    util::hand_to(&fx, UID);
     // 150 starts over 3 s, but scatter is stopped from 0.3 s to 2.3 s: about
     // 100 starts are then overdue and go out back to back. Each task ends
     // at once; unreaped, their zombies would count against the limit of 60
@@ -74,7 +63,7 @@ fn a_process_limit_of_one_fails_every_start_without_a_panic() {
     }
     const UID: u32 = 61_102;
     let fx = Fixture::with(&["a", "b", "c"]);
-    hand_to(&fx, UID);
+    util::hand_to(&fx, UID);
     // scatter itself is the one process: no thread (state writer) and no
     // task can start.
     let mut cmd = fx.run_wrapped(

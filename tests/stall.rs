@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::Fixture;
 
-const NOBODY: u32 = 65534;
+use crate::util::NOBODY;
 
 /// Reads `from` to its end on a thread of its own.
 fn drain(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {

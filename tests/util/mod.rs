@@ -370,6 +370,21 @@ pub fn spawn(cmd: &mut Command) -> Child {
     cmd.spawn().expect("spawn scatter")
 }
 
+/// The unprivileged uid most tests drop to. Tests that run under a process
+/// limit use uids of their own instead: RLIMIT_NPROC counts every process
+/// of the uid, and tests run in parallel.
+pub const NOBODY: u32 = 65534;
+
+/// Makes the fixture usable by `uid`: the directories scatter writes to
+/// belong to it, the rest is world-readable.
+pub fn hand_to(fx: &Fixture, uid: u32) {
+    std::fs::set_permissions(fx.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for dir in [&fx.locks, &fx.state(), &fx.rec] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(uid), Some(uid)).unwrap();
+    }
+}
+
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
