@@ -105,6 +105,8 @@ pub struct Engine<'a, H: Host> {
     /// then that is still waiting was held back by the cap.
     cap_released: Option<Instant>,
     retries_left: usize,
+    /// The host holds due starts back until this instant at the latest.
+    held_until: Option<Instant>,
     events: Vec<Event>,
 }
 
@@ -133,6 +135,7 @@ impl<'a, H: Host> Engine<'a, H> {
             cap_delayed: 0,
             cap_released: None,
             retries_left: RETRY_BUDGET,
+            held_until: None,
             events: Vec::new(),
         }
     }
@@ -199,7 +202,8 @@ impl<'a, H: Host> Engine<'a, H> {
     fn next_wake(&self) -> Option<Instant> {
         let start = (self.stop.is_none() && !self.cap_reached())
             .then(|| self.plan.entries.get(self.next).map(|e| self.deadline(e)))
-            .flatten();
+            .flatten()
+            .map(|due| self.held_until.map_or(due, |held| held.max(due)));
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let stop = self.stop.as_ref().filter(|s| !s.killed).map(|s| s.kill_at);
         [start, timer, stop, self.host.pending()]
@@ -232,6 +236,11 @@ impl<'a, H: Host> Engine<'a, H> {
                 self.cap_waiting = true;
                 return;
             }
+            if let Some(until) = self.host.hold_starts() {
+                self.held_until = Some(until);
+                return;
+            }
+            self.held_until = None;
             let held = self.cap_waiting || self.cap_released.is_some_and(|t| t >= deadline);
             if held && now > deadline {
                 self.cap_delayed += 1;
@@ -270,8 +279,9 @@ impl<'a, H: Host> Engine<'a, H> {
                 let lateness = now.saturating_duration_since(deadline);
                 debug!(
                     instance = &*entry.id.to_string_lossy();
-                    "{}: started pid {pid} (slot {}, {} late)",
+                    "{}: started{} (slot {}, {} late)",
                     self.tag(entry.slot),
+                    pid.map_or(String::new(), |pid| format!(" pid {pid}")),
                     entry.slot,
                     display::duration_precise(lateness)
                 );

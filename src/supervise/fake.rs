@@ -77,6 +77,8 @@ pub struct Fake {
     /// Stop signals scatter receives, at offsets from the start.
     pub stops: Vec<(Duration, i32)>,
     pub calls: Vec<(Duration, Call)>,
+    /// Starts are held back until this offset from the start.
+    pub hold_until: Option<Duration>,
     waits: usize,
 }
 
@@ -91,6 +93,7 @@ impl Fake {
             running: HashMap::new(),
             stops: Vec::new(),
             calls: Vec::new(),
+            hold_until: None,
             waits: 0,
         }
     }
@@ -180,12 +183,17 @@ impl Host for &mut Fake {
                     },
                 );
                 Started::Running {
-                    pid: 1000 + slot as i32,
+                    pid: Some(1000 + slot as i32),
                     wall: SystemTime::now(),
                     output: script.output_lingers.is_some(),
                 }
             }
         }
+    }
+
+    fn hold_starts(&mut self) -> Option<Instant> {
+        let until = self.base + self.hold_until?;
+        (until > self.now).then_some(until)
     }
 
     fn signal(&mut self, slots: &[usize], sig: i32) {

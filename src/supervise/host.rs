@@ -12,7 +12,10 @@
 //! as soon as its process is reaped. Only the host ever sees a pid, and it
 //! only signals a group it knows to be the task's. A task need not be a
 //! process either: anything the host can start, wait for and report an end
-//! of fits behind [`Host::start`] and [`Event::Exited`].
+//! of fits behind [`Host::start`] and [`Event::Exited`] (a request made in
+//! process has no pid), and [`Host::hold_starts`] lets a host hold due
+//! starts back (say, while the machine is under pressure) without the
+//! engine knowing why.
 
 use std::time::{Instant, SystemTime};
 
@@ -31,6 +34,13 @@ pub trait Host {
 
     /// Locks the instance and starts its task.
     fn start(&mut self, entry: &Entry) -> Started;
+
+    /// Whether due starts must wait, and until when at the latest (the
+    /// engine asks again then, or sooner if something else wakes it).
+    /// `None`: start now.
+    fn hold_starts(&mut self) -> Option<Instant> {
+        None
+    }
 
     /// Sends `sig` to the process groups of these tasks. The host signals a
     /// group only while it is sure the group is still the task's.
@@ -65,11 +75,11 @@ pub trait Host {
 /// The result of trying to start one instance.
 #[derive(Debug)]
 pub enum Started {
-    /// The task runs as process `pid`, the leader of its own group.
-    /// `output`: its output is relayed through the host until
-    /// [`Event::OutputClosed`].
+    /// The task runs; `pid` is its process, the leader of its own group
+    /// (`None` for a task that is not a process). `output`: its output is
+    /// relayed through the host until [`Event::OutputClosed`].
     Running {
-        pid: i32,
+        pid: Option<i32>,
         wall: SystemTime,
         output: bool,
     },

@@ -255,7 +255,7 @@ impl Host for Processes<'_> {
         );
         self.by_pid.insert(pid, entry.slot);
         Started::Running {
-            pid,
+            pid: Some(pid),
             wall: SystemTime::now(),
             output,
         }

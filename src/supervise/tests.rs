@@ -467,3 +467,24 @@ fn durations_at_their_largest_never_overflow() {
     let (report, _) = run(&plan, &mut fake, &opts);
     assert_eq!(kinds(&report)[0], "ok");
 }
+
+#[test]
+fn a_host_that_holds_starts_delays_them_and_the_schedule_goes_on() {
+    let plan = plan(4, secs(4.0));
+    let mut fake = Fake::new(HashMap::new());
+    fake.hold_until = Some(secs(2.5));
+    let (report, _) = run(&plan, &mut fake, &Options::default());
+    // Slots 0-2 were due before 2.5 s and go out when the hold ends; slot 3
+    // keeps its own deadline.
+    assert_eq!(
+        starts(&fake),
+        [
+            (2.5, Call::Start(0)),
+            (2.5, Call::Start(1)),
+            (2.5, Call::Start(2)),
+            (3.0, Call::Start(3))
+        ]
+    );
+    assert_eq!(kinds(&report), ["ok"; 4]);
+    assert_eq!(report.max_lateness().map(|(slot, _)| slot), Some(0));
+}
