@@ -12,6 +12,8 @@
 //! still be due). Timers are keyed by slot and checked against the task's
 //! life when they fire, so a timer of a task that has moved on does nothing,
 //! and a timer can never reach another task.
+//!
+//! Stop signals to scatter itself are handled in [`stop`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -27,6 +29,9 @@ use crate::outcome::{Outcome, TaskResult};
 use crate::plan::{Entry, Plan};
 use crate::platform::{self, ExitStatus, later};
 use crate::report::Report;
+use stop::Stop;
+
+mod stop;
 
 /// EAGAIN retries a run may make: each start that hits a process limit is
 /// retried once after reaping, but a limit that never lifts (`--nproc=1`)
@@ -72,13 +77,6 @@ enum Timer {
     Kill,
     /// The grace period for reading its output after the leader exited.
     Drain,
-}
-
-/// A stop signal received by scatter itself.
-struct Stop {
-    signal: i32,
-    kill_at: Instant,
-    killed: bool,
 }
 
 pub struct Engine<'a, H: Host> {
@@ -450,81 +448,6 @@ impl<'a, H: Host> Engine<'a, H> {
                 // A timer of a task that has moved on since it was set.
                 _ => {}
             }
-            self.remove_if_settled(slot);
-        }
-    }
-
-    fn check_signals(&mut self) {
-        let (count, signal) = self.host.stops();
-        if count > self.stops_seen {
-            self.stops_seen = count;
-            if self.stop.is_none() {
-                let remaining = self.plan.entries.len() - self.next;
-                info!(
-                    "received {}: not starting the remaining {remaining} instances; {} {} running tasks",
-                    platform::signal_name(signal),
-                    if self.opts.detach {
-                        "leaving alone"
-                    } else {
-                        "forwarding it to"
-                    },
-                    self.alive
-                );
-                self.stop = Some(Stop {
-                    signal,
-                    kill_at: later(self.host.now(), self.opts.kill_after),
-                    killed: false,
-                });
-                if !self.opts.detach {
-                    let slots: Vec<usize> = self.tasks.keys().copied().collect();
-                    self.host.signal(&slots, signal);
-                }
-            } else if !self.opts.detach {
-                info!("received a second stop signal: killing every task now");
-                self.kill_all();
-            }
-        }
-        if let Some(stop) = &self.stop
-            && !stop.killed
-            && !self.opts.detach
-            && self.host.now() >= stop.kill_at
-        {
-            self.kill_all();
-        }
-    }
-
-    fn kill_all(&mut self) {
-        let slots: Vec<usize> = self.tasks.keys().copied().collect();
-        self.host.signal(&slots, SIGKILL);
-        if let Some(stop) = &mut self.stop {
-            stop.killed = true;
-        }
-        // SIGKILL cannot be ignored: groups whose leader is gone need no
-        // more attention, and their output no more reading. Leaders still
-        // alive are reaped as they die.
-        // A running task killed by the stop keeps the outcome its exit
-        // status gives (killed by SIGKILL); one that was timing out stays
-        // timed out.
-        for (slot, task) in &mut self.tasks {
-            match task.life {
-                Life::Running => {}
-                Life::TimingOut { .. } => task.life = Life::TimingOut { kill_at: None },
-                Life::Exited { .. } => {
-                    task.life = Life::Exited { kill_at: None };
-                    if task.output {
-                        task.output = false;
-                        self.host.close_output(*slot);
-                    }
-                }
-            }
-        }
-        let settled: Vec<usize> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.settled())
-            .map(|(slot, _)| *slot)
-            .collect();
-        for slot in settled {
             self.remove_if_settled(slot);
         }
     }
