@@ -145,6 +145,26 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Text, env = "SCATTER_FORMAT")]
     pub format: Format,
+
+    /// List the costliest instances first: by the CPU time, peak memory (rss) or run time of
+    /// their last task, with those figures.
+    #[arg(long, value_enum, value_name = "KEY")]
+    pub sort: Option<SortKey>,
+
+    /// List only the first N instances.
+    #[arg(long, value_name = "N", value_parser = parse_top)]
+    pub top: Option<NonZeroUsize>,
+}
+
+/// `scatter status --sort`: what makes an instance costly.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// User and system CPU time of its last task.
+    Cpu,
+    /// Peak resident memory of its last task.
+    Rss,
+    /// Run time of its last task.
+    Duration,
 }
 
 #[derive(Args, Debug)]
@@ -289,6 +309,15 @@ fn parse_cap(s: &str) -> Result<NonZeroUsize, String> {
     }
 }
 
+fn parse_top(s: &str) -> Result<NonZeroUsize, String> {
+    match s.trim().parse::<usize>().map(NonZeroUsize::new) {
+        Ok(Some(n)) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of instances; give a whole number such as 10"
+        )),
+    }
+}
+
 fn parse_name(s: OsString) -> Result<OsString, String> {
     let bytes = <OsStr as std::os::unix::ffi::OsStrExt>::as_bytes(&s);
     if bytes.is_empty() {
@@ -343,6 +372,13 @@ mod tests {
         assert_eq!(parse_cap("3").unwrap().get(), 3);
         assert!(parse_cap("0").unwrap_err().contains("at least 1"));
         assert!(parse_cap("-1").is_err());
+    }
+
+    #[test]
+    fn tops() {
+        assert!(parse_top("0").is_err());
+        assert!(parse_top("-1").is_err());
+        assert_eq!(parse_top("3").unwrap().get(), 3);
     }
 
     #[test]

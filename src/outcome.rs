@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::display;
 use crate::exit;
-use crate::platform::signal_name;
+use crate::platform::{Usage, signal_name};
 
 /// Why an instance was skipped. Skips are not failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +267,8 @@ pub struct TaskResult {
     pub duration: Option<Duration>,
     /// How late the start was against its slot.
     pub lateness: Option<Duration>,
+    /// What the task cost (CPU, peak memory), if it was reaped.
+    pub usage: Option<Usage>,
 }
 
 impl TaskResult {
@@ -276,6 +278,7 @@ impl TaskResult {
             started: None,
             duration: None,
             lateness: None,
+            usage: None,
         }
     }
 

@@ -1,5 +1,5 @@
-//! Linux plumbing for processes: signals, reaping, process groups, `/proc`,
-//! `poll` and the boot clock.
+//! Linux plumbing for processes: signals, reaping (with each task's resource
+//! usage), process groups, `/proc`, `poll` and the boot clock.
 //!
 //! Every process-level call below the level of `std` lives here, so the
 //! supervisor reads as policy; the file-system calls that must not follow
@@ -21,8 +21,12 @@ use rustix::event::Timespec;
 pub use rustix::event::{PollFd, PollFlags};
 use rustix::io::{Errno, FdFlags};
 use rustix::pipe::PipeFlags;
-use rustix::process::{Pid, Signal, WaitOptions};
+use rustix::process::{Pid, Signal};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+
+mod rusage;
+
+pub use rusage::{Usage, online_cpus, reap_any};
 
 /// The effective uid scatter runs as.
 pub fn euid() -> u32 {
@@ -241,26 +245,6 @@ pub fn ticks(d: Duration) -> u64 {
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
-}
-
-/// Reaps one terminated child of any process group, without blocking.
-/// `None` when no child has terminated (or there are no children).
-pub fn reap_any() -> io::Result<Option<(i32, ExitStatus)>> {
-    // `rustix::process::wait` is waitpid(-1): `waitpid(None, …)` would be
-    // waitpid(0), which never sees children in their own process groups.
-    match rustix::process::wait(WaitOptions::NOHANG) {
-        Ok(Some((pid, status))) => {
-            let exit = match (status.exit_status(), status.terminating_signal()) {
-                (Some(code), _) => ExitStatus::Code(code),
-                (None, Some(sig)) => ExitStatus::Signal(sig),
-                // Stopped or continued: not an exit, and not requested.
-                _ => return Ok(None),
-            };
-            Ok(Some((pid.as_raw_nonzero().get(), exit)))
-        }
-        Ok(None) | Err(Errno::CHILD) => Ok(None),
-        Err(err) => Err(err.into()),
-    }
 }
 
 /// A pipe for a task's output: the read end is non-blocking and stays in

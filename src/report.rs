@@ -137,6 +137,9 @@ impl Report {
             started: Option<f64>,
             duration_secs: Option<f64>,
             lateness_secs: Option<f64>,
+            cpu_user_secs: Option<f64>,
+            cpu_sys_secs: Option<f64>,
+            max_rss_kib: Option<u64>,
         }
         #[derive(Serialize)]
         struct Doc {
@@ -165,6 +168,9 @@ impl Report {
                 started: r.started.map(unix_secs),
                 duration_secs: r.duration.map(|d| d.as_secs_f64()),
                 lateness_secs: r.lateness.map(|d| d.as_secs_f64()),
+                cpu_user_secs: r.usage.map(|u| u.user.as_secs_f64()),
+                cpu_sys_secs: r.usage.map(|u| u.system.as_secs_f64()),
+                max_rss_kib: r.usage.map(|u| u.max_rss_kib),
             })
             .collect();
         let doc = Doc {

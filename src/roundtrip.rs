@@ -9,9 +9,25 @@ use std::time::{Duration, SystemTime};
 use crate::metrics;
 use crate::outcome::{Kind, Outcome, Skip, TaskResult};
 use crate::plan::Plan;
+use crate::platform::Usage;
 use crate::report::Report;
 use crate::state::{self, Event, InstanceRecord, StateDir, Trigger};
 use crate::status;
+
+const USAGE: Usage = Usage {
+    user: Duration::from_millis(1500),
+    system: Duration::from_millis(250),
+    max_rss_kib: 4096,
+};
+
+/// Whether the engine reaped the task of this outcome, and so knows what it
+/// cost.
+fn reaped(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Ok | Outcome::Failed(_) | Outcome::Killed(_) | Outcome::TimedOut
+    )
+}
 
 fn every_outcome() -> Vec<Outcome> {
     let all = vec![
@@ -45,6 +61,8 @@ fn every_outcome_reads_the_same_everywhere() {
             started: Some(now),
             duration: Some(Duration::from_secs(2)),
             lateness: Some(Duration::ZERO),
+            // What the engine gives every task it reaped.
+            usage: reaped(o).then_some(USAGE),
         })
         .collect();
     let report = Report {
@@ -64,6 +82,10 @@ fn every_outcome_reads_the_same_everywhere() {
         let kind = outcome.kind().name();
         assert_eq!(inst["outcome"], kind);
         assert_eq!(doc["counts"][kind], 1);
+        let cost = report.results[i].usage.is_some();
+        assert_eq!(inst["cpu_user_secs"].as_f64(), cost.then_some(1.5));
+        assert_eq!(inst["cpu_sys_secs"].as_f64(), cost.then_some(0.25));
+        assert_eq!(inst["max_rss_kib"].as_u64(), cost.then_some(4096));
         assert_eq!(
             inst["exit_code"].as_i64(),
             outcome.exit_code().map(i64::from)
@@ -126,6 +148,10 @@ fn every_outcome_reads_the_same_everywhere() {
                 let back = record.last_outcome().unwrap();
                 assert_eq!(back.describe(None, None), outcome.describe(None, None));
                 assert_eq!(record.failing(), outcome.is_failure());
+                let reaped = reaped(outcome);
+                assert_eq!(record.last_cpu_secs(), reaped.then_some(1.75));
+                assert_eq!(record.last_max_rss_kib, reaped.then_some(4096));
+                assert_eq!(record.avg_max_rss_kib, reaped.then_some(4096.0));
             }
         }
     }
@@ -159,6 +185,21 @@ fn every_outcome_reads_the_same_everywhere() {
     }
     let failing = outcomes.iter().filter(|o| o.is_failure()).count();
     assert_eq!(status.failing, failing);
+    // The cost view: every task that was reaped shows its figures.
+    let mut costly = status::gather(&dir, "job".as_ref(), Some(tmp.path()), now).unwrap();
+    status::cost::rank(&mut costly, Some(crate::cli::SortKey::Cpu), None);
+    let mut text = Vec::new();
+    status::write_text(&costly, false, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    for outcome in &outcomes {
+        let reaped = reaped(outcome);
+        let name = outcome.kind().name();
+        let figures = "cpu 1.8s (user 1.5s, sys 250ms)  rss 4 MiB";
+        let shown = text
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name) && l.contains(figures));
+        assert_eq!(shown, reaped, "{name}: {figures} in {text}");
+    }
 
     // The metrics.
     let snapshot = metrics::Snapshot {
@@ -177,6 +218,15 @@ fn every_outcome_reads_the_same_everywhere() {
             )),
             "{name} in {prom}"
         );
+        let reaped = reaped(outcome);
+        let cpu = format!(
+            "scatter_instance_last_cpu_seconds{{scatter_name=\"job\",instance_id=\"{name}\",mode=\"user\"}} 1.5\n"
+        );
+        assert_eq!(prom.contains(&cpu), reaped, "{cpu} in {prom}");
+        let rss = format!(
+            "scatter_instance_last_max_rss_bytes{{scatter_name=\"job\",instance_id=\"{name}\"}} 4194304\n"
+        );
+        assert_eq!(prom.contains(&rss), reaped, "{rss} in {prom}");
         if let Some(code) = read[name].last_outcome().and_then(|o| o.shell_status()) {
             assert!(
                 prom.contains(&format!(

@@ -11,7 +11,8 @@
 //!   instances first.
 //!
 //! The exit code is 1 when any instance's last outcome is a failure, so the
-//! command works as a Nagios-style check.
+//! command works as a Nagios-style check. `--sort` and `--top` turn the
+//! instance list into a list of the costliest tenants ([`cost`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -37,6 +38,8 @@ use crate::platform;
 use crate::safedir::SafeDir;
 use crate::state::{InstanceRecord, RunRecord, StateDir};
 
+pub mod cost;
+
 /// Runs `scatter status` and returns its exit code.
 pub fn run(args: StatusArgs) -> Result<u8> {
     let name = match (&args.name, &args.instances) {
@@ -54,7 +57,8 @@ pub fn run(args: StatusArgs) -> Result<u8> {
     };
     let state_path = crate::state::path_for(args.state_dir.as_deref(), &name)?;
     let dir = StateDir::existing(&state_path)?;
-    let status = gather(&dir, &name, args.lock_dir.as_deref(), SystemTime::now())?;
+    let mut status = gather(&dir, &name, args.lock_dir.as_deref(), SystemTime::now())?;
+    cost::rank(&mut status, args.sort, args.top);
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
@@ -89,6 +93,16 @@ pub struct Status {
     pub instances: Vec<InstanceView>,
     pub failing: usize,
     pub exit_code: u8,
+    /// `--sort`: what `instances` are ordered by (`None`: failing first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort: Option<&'static str>,
+    /// Instances left out by `--top`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_shown: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Serialize)]
@@ -202,6 +216,8 @@ pub fn gather(
         instances,
         failing,
         exit_code: if failing > 0 { exit::FAILURE } else { exit::OK },
+        sort: None,
+        not_shown: 0,
     })
 }
 
@@ -303,7 +319,7 @@ const RESET: &str = "\x1b[0m";
 
 /// Seconds for humans. Records are validated when read, but this is the
 /// last line of defence: NaN, negative and huge values cannot panic here.
-fn secs(s: f64) -> String {
+pub(crate) fn secs(s: f64) -> String {
     let d = Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX);
     display::duration(d)
 }
@@ -325,7 +341,10 @@ pub fn write_text(s: &Status, color: bool, out: &mut impl Write) -> std::io::Res
     writeln!(out)?;
     write_running(s, paint, out)?;
     writeln!(out)?;
-    write_instances(s, paint, out)
+    match s.sort {
+        Some(key) => cost::write_costs(s, key, out),
+        None => write_instances(s, paint, out),
+    }
 }
 
 /// Colours text only when asked (a terminal, and no `NO_COLOR`).
@@ -426,7 +445,11 @@ fn write_running(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Res
 }
 
 fn write_instances(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Result<()> {
-    let head = format!("Instances ({} of {} failing)", s.failing, s.instances.len());
+    let head = format!(
+        "Instances ({} of {} failing)",
+        s.failing,
+        s.instances.len() + s.not_shown
+    );
     writeln!(out, "{}", paint.on(BOLD, head))?;
     let width = column_width(s.instances.iter().map(|i| i.record.id.as_str()));
     for i in &s.instances {
@@ -462,12 +485,15 @@ fn write_instances(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::R
             writeln!(out, "{line}")?;
         }
     }
+    if s.not_shown > 0 {
+        writeln!(out, "  and {} more (--top)", s.not_shown)?;
+    }
     Ok(())
 }
 
 /// Aligns a column of ids, unless one very long id would push the next
 /// column far right.
-fn column_width<'a>(ids: impl Iterator<Item = &'a str>) -> usize {
+pub(crate) fn column_width<'a>(ids: impl Iterator<Item = &'a str>) -> usize {
     ids.map(|id| quoted(id).chars().count())
         .max()
         .unwrap_or(0)

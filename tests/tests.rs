@@ -6,6 +6,7 @@
 mod util;
 
 mod architecture;
+mod cost;
 mod deploy;
 mod docs;
 mod dry_run;

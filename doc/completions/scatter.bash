@@ -277,7 +277,7 @@ _scatter() {
             return 0
             ;;
         scatter__subcmd__status)
-            opts="-v -q -h --name --instances --state-dir --lock-dir --format --verbose --quiet --log --help"
+            opts="-v -q -h --name --instances --state-dir --lock-dir --format --sort --top --verbose --quiet --log --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -301,6 +301,14 @@ _scatter() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --sort)
+                    COMPREPLY=($(compgen -W "cpu rss duration" -- "${cur}"))
+                    return 0
+                    ;;
+                --top)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --log)

@@ -70,6 +70,10 @@ complete -c scatter -n "__fish_scatter_using_subcommand status" -l state-dir -d 
 complete -c scatter -n "__fish_scatter_using_subcommand status" -l lock-dir -d 'Lock base directory [default: the one the last run used]' -r -F
 complete -c scatter -n "__fish_scatter_using_subcommand status" -l format -d 'Output format' -r -f -a "text\t''
 json\t''"
+complete -c scatter -n "__fish_scatter_using_subcommand status" -l sort -d 'List the costliest instances first: by the CPU time, peak memory (rss) or run time of their last task, with those figures' -r -f -a "cpu\t'User and system CPU time of its last task'
+rss\t'Peak resident memory of its last task'
+duration\t'Run time of its last task'"
+complete -c scatter -n "__fish_scatter_using_subcommand status" -l top -d 'List only the first N instances' -r
 complete -c scatter -n "__fish_scatter_using_subcommand status" -l log -d 'Where diagnostics go: stderr, syslog (facility cron), journald, or auto (journald when stderr is connected to the journal)' -r -f -a "stderr\t''
 syslog\t''
 journald\t''

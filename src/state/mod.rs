@@ -6,7 +6,8 @@
 //!
 //! * `instances.json`: one record per instance, keyed by its encoded id
 //!   (never by position): last start, end and duration, outcome with exit
-//!   code or signal, consecutive failures, last skip reason, trigger.
+//!   code or signal, consecutive failures, last skip reason, trigger, and
+//!   what its task cost (last and average).
 //! * `runs/<run-id>.json`: one record per run: pid, start, planned end of
 //!   the spreading, progress, counts per outcome, running/finished/aborted.
 //!
@@ -39,5 +40,5 @@ mod writer;
 pub use dir::{
     MAX_INSTANCES_FILE, MAX_RUN_RECORD, STATE_DIRS, SYSTEM_STATE_BASE, StateDir, path_for,
 };
-pub use records::{Event, InstanceRecord, RunRecord, Trigger, apply, run_id};
+pub use records::{EWMA_ALPHA, Event, InstanceRecord, RunRecord, Trigger, apply, ewma, run_id};
 pub use writer::{Progress, Writer, Written};

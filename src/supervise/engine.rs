@@ -27,7 +27,7 @@ use super::{Observer, Options};
 use crate::display::{self, quoted};
 use crate::outcome::{Outcome, TaskResult};
 use crate::plan::{Entry, Plan};
-use crate::platform::{self, ExitStatus, later};
+use crate::platform::{self, ExitStatus, Usage, later};
 use crate::report::Report;
 use stop::Stop;
 
@@ -158,7 +158,11 @@ impl<'a, H: Host> Engine<'a, H> {
     fn handle(&mut self, events: &mut Vec<Event>) {
         for event in events.drain(..) {
             match event {
-                Event::Exited { slot, status } => self.exited(slot, status),
+                Event::Exited {
+                    slot,
+                    status,
+                    usage,
+                } => self.exited(slot, status, usage),
                 Event::OutputClosed { slot } => {
                     if let Some(task) = self.tasks.get_mut(&slot) {
                         task.output = false;
@@ -330,7 +334,7 @@ impl<'a, H: Host> Engine<'a, H> {
         self.results[slot] = Some(result);
     }
 
-    fn exited(&mut self, slot: usize, status: ExitStatus) {
+    fn exited(&mut self, slot: usize, status: ExitStatus, usage: Option<Usage>) {
         let now = self.host.now();
         let kill_after = self.opts.kill_after;
         let Some(task) = self.tasks.get_mut(&slot) else {
@@ -363,6 +367,7 @@ impl<'a, H: Host> Engine<'a, H> {
             started: Some(task.started_wall),
             duration: Some(duration),
             lateness: Some(task.lateness),
+            usage,
         };
         if task.output {
             // Read on until the pipe closes, but no longer than the grace
@@ -464,6 +469,7 @@ impl<'a, H: Host> Engine<'a, H> {
                     started: Some(task.started_wall),
                     duration: None,
                     lateness: Some(task.lateness),
+                    usage: None,
                 };
                 (*slot, result)
             })

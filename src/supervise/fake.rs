@@ -1,7 +1,7 @@
 //! A fake [`Host`] on a fake clock, for the engine's unit tests: tasks are
 //! scripts (how long they run, how they exit, whether they ignore SIGTERM,
-//! what starting them does), and every call the engine makes is logged with
-//! the fake instant it was made at.
+//! what starting them does, what they cost), and every call the engine
+//! makes is logged with the fake instant it was made at.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::host::{Event, Host, Started};
 use crate::outcome::Skip;
 use crate::plan::Entry;
-use crate::platform::ExitStatus;
+use crate::platform::{ExitStatus, Usage};
 
 pub const SIGTERM: i32 = 15;
 pub const SIGKILL: i32 = 9;
@@ -30,6 +30,8 @@ pub struct Script {
     /// Its output stays open this long after the leader exits (`None`: it
     /// has no relayed output).
     pub output_lingers: Option<Duration>,
+    /// What the host reports it cost when it is reaped.
+    pub usage: Option<Usage>,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +49,7 @@ impl Default for Script {
             ignores_term: false,
             start: vec![FakeStart::Run],
             output_lingers: None,
+            usage: None,
         }
     }
 }
@@ -66,6 +69,7 @@ struct Running {
     ignores_term: bool,
     output_until: Option<Option<Instant>>,
     exited: bool,
+    usage: Option<Usage>,
 }
 
 pub struct Fake {
@@ -114,6 +118,7 @@ impl Fake {
                 events.push(Event::Exited {
                     slot,
                     status: r.status,
+                    usage: r.usage,
                 });
             }
             if r.exited
@@ -180,6 +185,7 @@ impl Host for &mut Fake {
                             .output_lingers
                             .map(|d| script.runs_for.map(|r| now + r + d)),
                         exited: false,
+                        usage: script.usage,
                     },
                 );
                 Started::Running {

@@ -34,7 +34,8 @@
 //!   with the next deadline as its timeout; a signal wakes it.
 //! * `read` on the self-pipe and on tag pipes: both are `O_NONBLOCK`
 //!   (scatter's own ends, never shared).
-//! * `waitpid(-1, WNOHANG)`, `kill`, `clock_gettime`: never block.
+//! * `wait4(-1, WNOHANG)` (which also returns the task's resource usage),
+//!   `kill`, `clock_gettime`: never block.
 //! * `stat` of the instance directory before its start, `openat` (with
 //!   `O_NOFOLLOW|O_NONBLOCK`, so a planted FIFO cannot block the open),
 //!   `fstat`, `flock(LOCK_NB)` and `pwrite` of the holder record on the lock

@@ -3,9 +3,10 @@
 //!
 //! Starting takes the lock (`O_NOFOLLOW|O_NONBLOCK` open, `LOCK_NB`), spawns
 //! through `posix_spawn` with the locked descriptor inherited, and writes
-//! the holder record. Reaping is `waitpid(-1, WNOHANG)`, done only after
-//! SIGCHLD. Sleeping is one `poll` on the signal self-pipe and, with
-//! `--output tag`, the tasks' output pipes.
+//! the holder record. Reaping is `wait4(-1, WNOHANG)`, done only after
+//! SIGCHLD, which also hands over what the task cost. Sleeping is one `poll`
+//! on the signal self-pipe and, with `--output tag`, the tasks' output
+//! pipes.
 //!
 //! **Signalling only the task's own group.** A task's group id is its
 //! leader's pid. While the leader has not been reaped, that pid cannot be
@@ -297,7 +298,7 @@ impl Host for Processes<'_> {
         if self.signals.take_child() {
             loop {
                 match platform::reap_any() {
-                    Ok(Some((pid, status))) => {
+                    Ok(Some((pid, status, usage))) => {
                         let Some(slot) = self.by_pid.remove(&pid) else {
                             debug!("reaped pid {pid}, which is not one of our tasks");
                             continue;
@@ -305,11 +306,15 @@ impl Host for Processes<'_> {
                         if let Some(proc_) = self.procs.get_mut(&slot) {
                             proc_.reaped = true;
                         }
-                        events.push(Event::Exited { slot, status });
+                        events.push(Event::Exited {
+                            slot,
+                            status,
+                            usage: Some(usage),
+                        });
                     }
                     Ok(None) => break,
                     Err(err) => {
-                        warn!("waitpid failed: {err}");
+                        warn!("wait4 failed: {err}");
                         break;
                     }
                 }

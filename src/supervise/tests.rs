@@ -488,3 +488,24 @@ fn a_host_that_holds_starts_delays_them_and_the_schedule_goes_on() {
     assert_eq!(kinds(&report), ["ok"; 4]);
     assert_eq!(report.max_lateness().map(|(slot, _)| slot), Some(0));
 }
+
+#[test]
+fn what_a_task_cost_reaches_its_result() {
+    let plan = plan(2, secs(2.0));
+    let usage = crate::platform::Usage {
+        user: secs(1.25),
+        system: secs(0.5),
+        max_rss_kib: 65536,
+    };
+    let scripts = HashMap::from([(
+        1,
+        Script {
+            usage: Some(usage),
+            ..Script::default()
+        },
+    )]);
+    let mut fake = Fake::new(scripts);
+    let (report, _) = run(&plan, &mut fake, &Options::default());
+    assert_eq!(report.results[0].usage, None);
+    assert_eq!(report.results[1].usage, Some(usage));
+}
