@@ -17,6 +17,7 @@ use crate::exit;
 use crate::logging::Sink;
 use crate::output::OutputMode;
 use crate::plan::Order;
+use crate::priority::{self, IoPriority};
 use crate::shard::{self, Shard};
 
 const ABOUT: &str =
@@ -251,6 +252,16 @@ pub struct RunArgs {
           value_parser = OutputMode::parse)]
     pub output: OutputMode,
 
+    /// Nice value of each task's process group, -20 to 19 (scatter's own is unchanged).
+    #[arg(long, value_name = "N", env = "SCATTER_NICE", allow_negative_numbers = true,
+          value_parser = priority::parse_nice)]
+    pub nice: Option<i32>,
+
+    /// I/O priority of each task's process group: idle, best-effort[:LEVEL] or
+    /// realtime[:LEVEL], LEVEL 0 (highest) to 7, default 4.
+    #[arg(long, value_name = "CLASS[:LEVEL]", env = "SCATTER_IONICE", value_parser = IoPriority::parse)]
+    pub ionice: Option<IoPriority>,
+
     /// The task to run for each instance, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND",
           value_parser = OsStringValueParser::new(), num_args = 1..)]
@@ -379,6 +390,25 @@ mod tests {
         assert!(parse_top("0").is_err());
         assert!(parse_top("-1").is_err());
         assert_eq!(parse_top("3").unwrap().get(), 3);
+    }
+
+    #[test]
+    fn a_negative_nice_value_is_a_value() {
+        let cli = Cli::try_parse_from([
+            "scatter",
+            "run",
+            "--instances",
+            "/i",
+            "--nice",
+            "-5",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.nice, Some(-5));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::history;
 use crate::lock;
 use crate::output::OutputMode;
 use crate::plan;
+use crate::priority::Priority;
 use crate::shard::Shard;
 use crate::state;
 use crate::supervise::Options;
@@ -80,6 +81,10 @@ impl RunConfig {
             detach: args.detach,
             output,
             log_failures: crate::logging::structured(),
+            priority: Priority {
+                nice: args.nice,
+                io: args.ionice,
+            },
         };
         let shard = Shard::select(args.shard, args.shards)?;
         let lock_base = lock::base_path(args.lock_dir.as_deref())?;

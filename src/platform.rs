@@ -1,5 +1,6 @@
 //! Linux plumbing for processes: signals, reaping (with each task's resource
-//! usage), process groups, `/proc`, `poll` and the boot clock.
+//! usage), process groups and their priorities, `/proc`, `poll` and the boot
+//! clock.
 //!
 //! Every process-level call below the level of `std` lives here, so the
 //! supervisor reads as policy; the file-system calls that must not follow
@@ -24,8 +25,10 @@ use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, Signal};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 
+mod prio;
 mod rusage;
 
+pub use prio::{io_priority_of, nice_of, set_group_io_priority, set_group_nice};
 pub use rusage::{Usage, online_cpus, reap_any};
 
 /// The effective uid scatter runs as.

@@ -36,6 +36,9 @@
 //!   (scatter's own ends, never shared).
 //! * `wait4(-1, WNOHANG)` (which also returns the task's resource usage),
 //!   `kill`, `clock_gettime`: never block.
+//! * `setpriority(PRIO_PGRP)` and `ioprio_set(IOPRIO_WHO_PGRP)` right after
+//!   a spawn, for `--nice` and `--ionice`: they set a field of each process
+//!   in the group and never wait for it.
 //! * `stat` of the instance directory before its start, `openat` (with
 //!   `O_NOFOLLOW|O_NONBLOCK`, so a planted FIFO cannot block the open),
 //!   `fstat`, `flock(LOCK_NB)` and `pwrite` of the holder record on the lock
@@ -72,6 +75,7 @@ use anyhow::Result;
 use crate::outcome::TaskResult;
 use crate::output::OutputMode;
 use crate::plan::Plan;
+use crate::priority;
 use crate::report::Report;
 
 /// How tasks are supervised.
@@ -90,6 +94,8 @@ pub struct Options {
     /// Log each failure as a record of its own (when logging to syslog or
     /// the journal, where the end-of-run report on stderr is not seen).
     pub log_failures: bool,
+    /// `--nice`, `--ionice`: applied to each task's process group.
+    pub priority: priority::Priority,
 }
 
 impl Default for Options {
@@ -101,6 +107,7 @@ impl Default for Options {
             detach: false,
             output: OutputMode::Inherit,
             log_failures: false,
+            priority: priority::Priority::default(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Starting takes the lock (`O_NOFOLLOW|O_NONBLOCK` open, `LOCK_NB`), spawns
 //! through `posix_spawn` with the locked descriptor inherited, and writes
-//! the holder record. Reaping is `wait4(-1, WNOHANG)`, done only after
+//! the holder record, then gives the task's group its `--nice` and
+//! `--ionice` priorities. Reaping is `wait4(-1, WNOHANG)`, done only after
 //! SIGCHLD, which also hands over what the task cost. Sleeping is one `poll`
 //! on the signal self-pipe and, with `--output tag`, the tasks' output
 //! pipes.
@@ -38,6 +39,7 @@ use crate::outcome::Skip;
 use crate::output::{Capture, Outputs};
 use crate::plan::{Entry, Plan};
 use crate::platform::{self, FileId, Group, PollFd, PollFlags, Signals, later};
+use crate::priority::Prioritizer;
 use crate::reclaim;
 use crate::spawn::{self, TaskEnv};
 
@@ -70,6 +72,8 @@ pub struct Processes<'a> {
     /// Leaders not reaped yet, by pid.
     by_pid: HashMap<i32, usize>,
     hung: Vec<Hung>,
+    /// `--nice`, `--ionice`.
+    priority: Prioritizer,
 }
 
 impl<'a> Processes<'a> {
@@ -88,6 +92,7 @@ impl<'a> Processes<'a> {
             procs: HashMap::new(),
             by_pid: HashMap::new(),
             hung: Vec::new(),
+            priority: Prioritizer::new(opts.priority),
         })
     }
 
@@ -238,6 +243,8 @@ impl Host for Processes<'_> {
                 };
             }
         };
+        // Right after the exec: the gap is documented (README, `priority`).
+        self.priority.apply(pid);
         self.record_holder(&file, pid, starttime, &tag);
         drop(file);
         let output = matches!(capture, Capture::Pipe(_));
