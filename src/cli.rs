@@ -252,6 +252,12 @@ pub struct RunArgs {
           value_parser = OutputMode::parse)]
     pub output: OutputMode,
 
+    /// Once behind schedule (after a stall, the cap or pressure), start at most FACTOR times the
+    /// planned rate until caught up.
+    #[arg(long, value_name = "FACTOR", default_value = "4", env = "SCATTER_CATCH_UP",
+          value_parser = parse_factor)]
+    pub catch_up: f64,
+
     /// Nice value of each task's process group, -20 to 19 (scatter's own is unchanged).
     #[arg(long, value_name = "N", env = "SCATTER_NICE", allow_negative_numbers = true,
           value_parser = priority::parse_nice)]
@@ -320,6 +326,14 @@ fn parse_cap(s: &str) -> Result<NonZeroUsize, String> {
     }
 }
 
+/// The largest `--catch-up` factor: beyond it the rule lets any burst by.
+pub const MAX_CATCH_UP: f64 = 1e6;
+
+fn parse_factor(s: &str) -> Result<f64, String> {
+    crate::lenient::number_in(s.trim(), 1.0..=MAX_CATCH_UP)
+        .ok_or_else(|| format!("{s:?} is not a factor; give a number from 1 to 1000000, such as 4"))
+}
+
 fn parse_top(s: &str) -> Result<NonZeroUsize, String> {
     match s.trim().parse::<usize>().map(NonZeroUsize::new) {
         Ok(Some(n)) => Ok(n),
@@ -386,6 +400,15 @@ mod tests {
     }
 
     #[test]
+    fn factors() {
+        assert_eq!(parse_factor("4").unwrap(), 4.0);
+        assert_eq!(parse_factor("1.5").unwrap(), 1.5);
+        for bad in ["0", "0.5", "-4", "NaN", "inf", "1e3", "2000000", "x"] {
+            assert!(parse_factor(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn tops() {
         assert!(parse_top("0").is_err());
         assert!(parse_top("-1").is_err());
@@ -409,6 +432,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(args.nice, Some(-5));
+        assert_eq!(args.catch_up, 4.0);
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl RunConfig {
             detach: args.detach,
             output,
             log_failures: crate::logging::structured(),
+            catch_up: args.catch_up,
             priority: Priority {
                 nice: args.nice,
                 io: args.ionice,

@@ -152,6 +152,26 @@ pub fn whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     Ok(number(value).map(|x| x.clamp(0.0, MAX_AMOUNT) as u64))
 }
 
+/// A number in a text file another program writes (`/proc/loadavg`, a PSI
+/// file, a file a test or an admin wrote): the whole of `text` must be a
+/// plain decimal number inside `range`; anything else (`NaN`, `inf`, `1e9`
+/// out of range, a sign where none belongs, trailing bytes) is `None`.
+pub fn number_in(text: &str, range: std::ops::RangeInclusive<f64>) -> Option<f64> {
+    // Rust's parser also takes "inf", "NaN" and exponents; a kernel file
+    // never writes those, so they are refused before parsing.
+    let plain = !text.is_empty()
+        && text.len() <= 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    if !plain {
+        return None;
+    }
+    text.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && range.contains(x))
+}
+
 /// Integer types [`count`] can saturate into.
 pub trait Bounded {
     const MAX: Self;
@@ -233,6 +253,34 @@ mod tests {
         assert_eq!(r(r#"{"n":1e308}"#).n, u32::MAX);
         assert_eq!(r(r#"{"n":-5}"#).n, 0);
         assert_eq!(r(r#"{"n":2.7}"#).n, 2);
+    }
+
+    #[test]
+    fn numbers_in_text_files_are_plain_and_in_range() {
+        assert_eq!(number_in("12.34", 0.0..=100.0), Some(12.34));
+        assert_eq!(number_in("0", 0.0..=100.0), Some(0.0));
+        assert_eq!(number_in("100.00", 0.0..=100.0), Some(100.0));
+        for bad in [
+            "",
+            "-1",
+            "100.01",
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "1e2",
+            "1e308",
+            " 1",
+            "1 ",
+            "+1",
+            "1.2.3",
+            "--1",
+            "0x10",
+            "12%",
+            "99999999999999999999999999999999999",
+        ] {
+            assert_eq!(number_in(bad, 0.0..=100.0), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod util;
 
 mod architecture;
+mod catch_up;
 mod cost;
 mod deploy;
 mod docs;

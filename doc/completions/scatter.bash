@@ -195,7 +195,7 @@ _scatter() {
             return 0
             ;;
         scatter__subcmd__run)
-            opts="-v -q -h --instances --window --lock-dir --name --order --only --dry-run --format --max-concurrent --timeout --kill-after --detach --shard --shards --state-dir --keep-runs --metrics-file --output --nice --ionice --verbose --quiet --log --help"
+            opts="-v -q -h --instances --window --lock-dir --name --order --only --dry-run --format --max-concurrent --timeout --kill-after --detach --shard --shards --state-dir --keep-runs --metrics-file --output --catch-up --nice --ionice --verbose --quiet --log --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -262,6 +262,10 @@ _scatter() {
                     return 0
                     ;;
                 --output)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --catch-up)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -55,6 +55,7 @@ complete -c scatter -n "__fish_scatter_using_subcommand run" -l state-dir -d 'Wh
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l keep-runs -d 'Keep this many run records in the state directory' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l metrics-file -d 'At the end of the run, write Prometheus metrics here (textfile collector)' -r -F
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l output -d 'Task output: inherit, null, tag, dir=PATH or on-failure' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l catch-up -d 'Once behind schedule (after a stall, the cap or pressure), start at most FACTOR times the planned rate until caught up' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l nice -d 'Nice value of each task\'s process group, -20 to 19 (scatter\'s own is unchanged)' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l ionice -d 'I/O priority of each task\'s process group: idle, best-effort[:LEVEL] or realtime[:LEVEL], LEVEL 0 (highest) to 7, default 4' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l log -d 'Where diagnostics go: stderr, syslog (facility cron), journald, or auto (journald when stderr is connected to the journal)' -r -f -a "stderr\t''

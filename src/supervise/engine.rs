@@ -13,7 +13,9 @@
 //! life when they fire, so a timer of a task that has moved on does nothing,
 //! and a timer can never reach another task.
 //!
-//! Stop signals to scatter itself are handled in [`stop`].
+//! Whether a due start may go beyond its deadline, the cap and the host's
+//! hold (the no-burst rule) is [`gate`]'s decision; stop signals to scatter
+//! itself are handled in [`stop`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -29,8 +31,10 @@ use crate::outcome::{Outcome, TaskResult};
 use crate::plan::{Entry, Plan};
 use crate::platform::{self, ExitStatus, Usage, later};
 use crate::report::Report;
+use gate::{Clearance, Gate};
 use stop::Stop;
 
+mod gate;
 mod stop;
 
 /// EAGAIN retries a run may make: each start that hits a process limit is
@@ -105,6 +109,8 @@ pub struct Engine<'a, H: Host> {
     retries_left: usize,
     /// The host holds due starts back until this instant at the latest.
     held_until: Option<Instant>,
+    /// Pacing after falling behind.
+    gate: Gate,
     events: Vec<Event>,
 }
 
@@ -134,6 +140,7 @@ impl<'a, H: Host> Engine<'a, H> {
             cap_released: None,
             retries_left: RETRY_BUDGET,
             held_until: None,
+            gate: Gate::new(plan.interval(), opts),
             events: Vec::new(),
         }
     }
@@ -205,7 +212,8 @@ impl<'a, H: Host> Engine<'a, H> {
         let start = (self.stop.is_none() && !self.cap_reached())
             .then(|| self.plan.entries.get(self.next).map(|e| self.deadline(e)))
             .flatten()
-            .map(|due| self.held_until.map_or(due, |held| held.max(due)));
+            .map(|due| self.held_until.map_or(due, |held| held.max(due)))
+            .map(|due| self.gate.wake(self.next, due));
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let stop = self.stop.as_ref().filter(|s| !s.killed).map(|s| s.kill_at);
         [start, timer, stop, self.host.pending()]
@@ -243,6 +251,9 @@ impl<'a, H: Host> Engine<'a, H> {
                 return;
             }
             self.held_until = None;
+            if let Clearance::Wait = self.clearance(entry.slot, now) {
+                return;
+            }
             let held = self.cap_waiting || self.cap_released.is_some_and(|t| t >= deadline);
             if held && now > deadline {
                 self.cap_delayed += 1;

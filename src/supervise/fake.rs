@@ -1,7 +1,10 @@
 //! A fake [`Host`] on a fake clock, for the engine's unit tests: tasks are
 //! scripts (how long they run, how they exit, whether they ignore SIGTERM,
 //! what starting them does, what they cost), and every call the engine
-//! makes is logged with the fake instant it was made at.
+//! makes is logged with the fake instant it was made at. The host can hold
+//! starts back for a while, take time to start each task (a saturated
+//! machine), or stall: stop, as SIGSTOP or a frozen VM stops scatter, while
+//! its clock runs on.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -83,6 +86,11 @@ pub struct Fake {
     pub calls: Vec<(Duration, Call)>,
     /// Starts are held back until this offset from the start.
     pub hold_until: Option<Duration>,
+    /// scatter is stopped from the first offset to the second: nothing it
+    /// waits for is seen before then.
+    pub stall: Option<(Duration, Duration)>,
+    /// How long each start takes.
+    pub start_cost: Duration,
     waits: usize,
 }
 
@@ -98,6 +106,8 @@ impl Fake {
             stops: Vec::new(),
             calls: Vec::new(),
             hold_until: None,
+            stall: None,
+            start_cost: Duration::ZERO,
             waits: 0,
         }
     }
@@ -188,6 +198,7 @@ impl Host for &mut Fake {
                         usage: script.usage,
                     },
                 );
+                self.now += self.start_cost;
                 Started::Running {
                     pid: Some(1000 + slot as i32),
                     wall: SystemTime::now(),
@@ -227,7 +238,16 @@ impl Host for &mut Fake {
         assert!(self.waits < 10_000, "the engine does not make progress");
         let next = [deadline, self.next_event()].into_iter().flatten().min();
         let next = next.expect("the engine would sleep forever");
-        self.now = self.now.max(next);
+        let mut to = self.now.max(next);
+        if let Some((from, until)) = self.stall
+            && self.now < self.base + from
+            && self.base + from <= to
+        {
+            // Stopped: the wake-up comes when it resumes, not before.
+            to = to.max(self.base + until);
+            self.stall = None;
+        }
+        self.now = to;
         self.collect(events);
     }
 

@@ -20,6 +20,12 @@
 //! skipped, and the schedule resumes on its original deadlines. A start that
 //! fails with EAGAIN (a process limit) is retried once after reaping.
 //!
+//! Starts that fell behind (scatter was stopped, the machine froze, the cap
+//! or the host held them) never go out in a burst: until the schedule is
+//! caught up, consecutive starts are at least W/N ÷ `--catch-up` apart. A
+//! machine too slow to start at the planned rate never gets there, so the
+//! rule adds it no delay.
+//!
 //! Timeouts and stop signals act on a task's whole process group: SIGTERM
 //! first, SIGKILL after the grace period (`--kill-after`), even if the
 //! group's leader has already exited, because children left in the group
@@ -62,6 +68,8 @@
 pub mod engine;
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod gate_tests;
 pub mod host;
 pub mod processes;
 #[cfg(test)]
@@ -96,7 +104,13 @@ pub struct Options {
     pub log_failures: bool,
     /// `--nice`, `--ionice`: applied to each task's process group.
     pub priority: priority::Priority,
+    /// `--catch-up`: once behind schedule, starts go out at most this many
+    /// times the planned rate (W/N ÷ FACTOR apart) until caught up.
+    pub catch_up: f64,
 }
+
+/// The default `--catch-up` factor.
+pub const CATCH_UP: f64 = 4.0;
 
 impl Default for Options {
     fn default() -> Options {
@@ -108,6 +122,7 @@ impl Default for Options {
             output: OutputMode::Inherit,
             log_failures: false,
             priority: priority::Priority::default(),
+            catch_up: CATCH_UP,
         }
     }
 }

@@ -36,6 +36,7 @@ const SCRUB: &[&str] = &[
     "SCATTER_LOG",
     "SCATTER_SHARD",
     "SCATTER_SHARDS",
+    "SCATTER_CATCH_UP",
     "SCATTER_NICE",
     "SCATTER_IONICE",
     "JOB_COMPLETION_INDEX",
