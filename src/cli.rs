@@ -17,8 +17,10 @@ use crate::exit;
 use crate::logging::Sink;
 use crate::output::OutputMode;
 use crate::plan::Order;
+use crate::pressure::{self, Limit, Source};
 use crate::priority::{self, IoPriority};
 use crate::shard::{self, Shard};
+use crate::supervise::DeferAction;
 
 const ABOUT: &str =
     "Spread one task per instance directory evenly across a time window, each under its own lock";
@@ -95,6 +97,8 @@ impl Verbosity {
     }
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start one task per instance, spread across the window.
@@ -251,6 +255,32 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", default_value = "inherit", env = "SCATTER_OUTPUT",
           value_parser = OutputMode::parse)]
     pub output: OutputMode,
+
+    /// Hold due starts while the PSI "some avg10" of RESOURCE (cpu, memory or io) is above
+    /// PERCENT (repeatable, or comma-separated).
+    #[arg(long, value_name = "RESOURCE=PERCENT", env = "SCATTER_MAX_PRESSURE",
+          value_delimiter = ',', value_parser = Limit::parse)]
+    pub max_pressure: Vec<Limit>,
+
+    /// Where PSI is read: system (/proc/pressure), cgroup (scatter's own cgroup v2 directory),
+    /// or a directory of RESOURCE.pressure files.
+    #[arg(long, value_name = "SOURCE", default_value = "system", env = "SCATTER_PRESSURE_SOURCE",
+          value_parser = Source::parse)]
+    pub pressure_source: Source,
+
+    /// Hold due starts while the 1-minute load average per online CPU is above LOAD.
+    #[arg(long, value_name = "LOAD", env = "SCATTER_MAX_LOAD", value_parser = pressure::parse_load)]
+    pub max_load: Option<f64>,
+
+    /// How long past its slot a start may wait for pressure to fall [default: half the window].
+    #[arg(long, value_name = "DURATION", env = "SCATTER_MAX_DEFER", value_parser = parse_duration)]
+    pub max_defer: Option<Duration>,
+
+    /// Past --max-defer: skip the start (outcome deferred, not a failure), or start it anyway
+    /// with a warning.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = DeferAction::Skip,
+          env = "SCATTER_MAX_DEFER_ACTION")]
+    pub max_defer_action: DeferAction,
 
     /// Once behind schedule (after a stall, the cap or pressure), start at most FACTOR times the
     /// planned rate until caught up.
@@ -433,6 +463,24 @@ mod tests {
         };
         assert_eq!(args.nice, Some(-5));
         assert_eq!(args.catch_up, 4.0);
+        assert_eq!(args.pressure_source, Source::System);
+        let cli = Cli::try_parse_from([
+            "scatter",
+            "run",
+            "--instances",
+            "/i",
+            "--max-pressure",
+            "cpu=60,io=40",
+            "--max-pressure",
+            "memory=10",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.max_pressure.len(), 3);
     }
 
     #[test]

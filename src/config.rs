@@ -21,6 +21,7 @@ use crate::history;
 use crate::lock;
 use crate::output::OutputMode;
 use crate::plan;
+use crate::pressure;
 use crate::priority::Priority;
 use crate::shard::Shard;
 use crate::state;
@@ -74,6 +75,22 @@ impl RunConfig {
                 "--detach under systemd: the service manager kills the tasks when scatter exits, unless the unit sets KillMode=process"
             );
         }
+        // `--only` runs at once, whatever the pressure: a manual run does
+        // what it is told, so its pressure flags are not even checked.
+        let pressure = if args.only.is_empty() {
+            match pressure::Spec::resolve(&args.max_pressure, &args.pressure_source, args.max_load)
+            {
+                Ok(spec) => spec,
+                // CI may check plans on a machine without PSI.
+                Err(err) if args.dry_run => {
+                    warn!("{err:#}");
+                    None
+                }
+                Err(err) => return Err(err),
+            }
+        } else {
+            None
+        };
         let supervision = Options {
             max_concurrent: args.max_concurrent,
             timeout: args.timeout,
@@ -82,6 +99,9 @@ impl RunConfig {
             output,
             log_failures: crate::logging::structured(),
             catch_up: args.catch_up,
+            pressure,
+            max_defer: Some(args.max_defer.unwrap_or(args.window / 2)),
+            defer_action: args.max_defer_action,
             priority: Priority {
                 nice: args.nice,
                 io: args.ionice,

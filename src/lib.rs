@@ -10,7 +10,7 @@
 //! * engine and records: `supervise`, `reclaim`, `history`, `state`,
 //!   `metrics`, `report`, `dryrun`;
 //! * domain: `plan`, `discovery`, `template`, `shard`, `lock`, `output`,
-//!   `spawn`, `priority`;
+//!   `spawn`, `pressure`, `priority`;
 //! * leaves: `outcome`, `safedir`, `relay`, `logging`, `platform`,
 //!   `idcode`, `idhash`, `lenient`, `display`, `exit`.
 
@@ -40,6 +40,7 @@ pub mod outcome;
 pub mod output;
 pub mod plan;
 pub mod platform;
+pub mod pressure;
 pub mod priority;
 pub mod reclaim;
 pub mod relay;

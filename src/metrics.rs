@@ -132,12 +132,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Failures of the instance in a row.",
         &per_instance(&|r| Some(f64::from(r.consecutive_failures))),
     );
-    render_costs(&mut out, s, &label);
+    render_costs(&mut out, s, &job, &label);
     out
 }
 
-/// What each instance's task cost.
-fn render_costs(out: &mut String, s: &Snapshot<'_>, label: &dyn Fn(&str) -> String) {
+/// What held the run back, and what each instance's task cost.
+fn render_costs(out: &mut String, s: &Snapshot<'_>, job: &str, label: &dyn Fn(&str) -> String) {
     let mut gauge = |name: &str, help: &str, samples: Vec<(String, f64)>| {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
@@ -145,6 +145,19 @@ fn render_costs(out: &mut String, s: &Snapshot<'_>, label: &dyn Fn(&str) -> Stri
             let _ = writeln!(out, "{name}{{{labels}}} {}", number(value));
         }
     };
+    gauge(
+        "scatter_run_delayed_by_pressure",
+        "Starts of the last run that waited for pressure to fall (--max-pressure, --max-load).",
+        vec![(job.to_string(), s.report.pressure.delayed as f64)],
+    );
+    gauge(
+        "scatter_run_pressure_delay_max_seconds",
+        "The longest a start of the last run waited for pressure, from its slot.",
+        vec![(
+            job.to_string(),
+            s.report.pressure.longest.map_or(0.0, |d| d.as_secs_f64()),
+        )],
+    );
     let per_instance = |f: &dyn Fn(&InstanceRecord) -> Vec<(&'static str, f64)>| {
         s.instances
             .iter()

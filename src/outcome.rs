@@ -67,6 +67,10 @@ pub enum Outcome {
     NotStarted,
     /// Started under `--detach`; its end was not waited for.
     Detached,
+    /// Not started: the host stayed under pressure (`--max-pressure`,
+    /// `--max-load`) for longer than `--max-defer` past its slot. Not a
+    /// failure; the next run tries again.
+    Deferred,
 }
 
 /// The stable name of an outcome, without its details.
@@ -80,6 +84,7 @@ pub enum Kind {
     Skipped,
     NotStarted,
     Detached,
+    Deferred,
     /// A name this build does not know (written by a newer release, or
     /// crafted). Never written.
     Unknown,
@@ -87,7 +92,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind a run can produce, in the order summaries list them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Ok,
         Kind::Failed,
         Kind::Killed,
@@ -96,6 +101,7 @@ impl Kind {
         Kind::Skipped,
         Kind::NotStarted,
         Kind::Detached,
+        Kind::Deferred,
     ];
 
     /// The name used in JSON, state records and metrics labels.
@@ -109,6 +115,7 @@ impl Kind {
             Kind::Skipped => "skipped",
             Kind::NotStarted => "not_started",
             Kind::Detached => "detached",
+            Kind::Deferred => "deferred",
             Kind::Unknown => "unknown",
         }
     }
@@ -165,6 +172,7 @@ impl Outcome {
             Outcome::FailedToStart { .. } => Kind::FailedToStart,
             Outcome::NotStarted => Kind::NotStarted,
             Outcome::Detached => Kind::Detached,
+            Outcome::Deferred => Kind::Deferred,
         }
     }
 
@@ -195,6 +203,7 @@ impl Outcome {
         match self {
             Outcome::Skipped(skip) => Some(skip.reason()),
             Outcome::FailedToStart { reason, .. } => Some(reason.clone()),
+            Outcome::Deferred => Some(DEFERRED_REASON.to_string()),
             _ => None,
         }
     }
@@ -230,6 +239,7 @@ impl Outcome {
             )),
             Kind::NotStarted => Outcome::NotStarted,
             Kind::Detached => Outcome::Detached,
+            Kind::Deferred => Outcome::Deferred,
             Kind::Unknown => return None,
         })
     }
@@ -253,9 +263,14 @@ impl Outcome {
             Outcome::Skipped(skip) => format!("skipped: {}", skip.reason()),
             Outcome::NotStarted => "not started".to_string(),
             Outcome::Detached => format!("detached{after}"),
+            Outcome::Deferred => format!("deferred: {DEFERRED_REASON}"),
         }
     }
 }
+
+/// Why an instance was deferred, as reports and records say it.
+pub const DEFERRED_REASON: &str =
+    "the host was under pressure for longer than --max-defer past its slot";
 
 /// What happened to one planned instance.
 #[derive(Debug, Clone)]
@@ -366,6 +381,7 @@ mod tests {
             Outcome::Skipped(Skip::Vanished),
             Outcome::NotStarted,
             Outcome::Detached,
+            Outcome::Deferred,
         ]
     }
 

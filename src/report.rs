@@ -30,6 +30,19 @@ pub struct Report {
     pub detached: bool,
     /// Starts that had to wait for `--max-concurrent`.
     pub cap_delayed: usize,
+    /// Starts the host held back (`--max-pressure`, `--max-load`), and the
+    /// longest time one of them was held past its slot.
+    pub pressure: Held,
+}
+
+/// Starts held back by pressure, as the report counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Starts that waited for pressure to fall (or were forced by
+    /// `--max-defer-action start`).
+    pub delayed: usize,
+    /// The longest of those waits, counted from the slot.
+    pub longest: Option<Duration>,
 }
 
 impl Report {
@@ -76,6 +89,8 @@ impl Report {
                 Outcome::FailedToStart { code, .. } => *code,
                 Outcome::NotStarted => exit::FAILURE,
                 Outcome::Detached => exit::OK,
+                // `--only` never waits for pressure; not a failure anyway.
+                Outcome::Deferred => exit::OK,
             };
         }
         if self.results.iter().any(|r| r.outcome.is_failure()) {
@@ -152,6 +167,9 @@ impl Report {
             counts: serde_json::Map<String, serde_json::Value>,
             max_lateness_secs: Option<f64>,
             delayed_by_cap: usize,
+            delayed_by_pressure: usize,
+            max_pressure_delay_secs: Option<f64>,
+            deferred: usize,
             instances: Vec<Instance>,
         }
         let instances = plan
@@ -187,6 +205,13 @@ impl Report {
                 .collect(),
             max_lateness_secs: self.max_lateness().map(|(_, l)| l.as_secs_f64()),
             delayed_by_cap: self.cap_delayed,
+            delayed_by_pressure: self.pressure.delayed,
+            max_pressure_delay_secs: self.pressure.longest.map(|d| d.as_secs_f64()),
+            deferred: self
+                .results
+                .iter()
+                .filter(|r| r.outcome == Outcome::Deferred)
+                .count(),
             instances,
         };
         serde_json::to_writer(&mut *out, &doc)?;

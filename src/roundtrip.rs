@@ -10,7 +10,7 @@ use crate::metrics;
 use crate::outcome::{Kind, Outcome, Skip, TaskResult};
 use crate::plan::Plan;
 use crate::platform::Usage;
-use crate::report::Report;
+use crate::report::{Held, Report};
 use crate::state::{self, Event, InstanceRecord, StateDir, Trigger};
 use crate::status;
 
@@ -42,6 +42,7 @@ fn every_outcome() -> Vec<Outcome> {
         Outcome::Skipped(Skip::Locked("pid 7".into())),
         Outcome::NotStarted,
         Outcome::Detached,
+        Outcome::Deferred,
     ];
     // The list covers every kind, in summary order.
     assert_eq!(all.iter().map(Outcome::kind).collect::<Vec<_>>(), Kind::ALL);
@@ -71,12 +72,19 @@ fn every_outcome_reads_the_same_everywhere() {
         timeout: Some(Duration::from_secs(5)),
         detached: false,
         cap_delayed: 0,
+        pressure: Held {
+            delayed: 3,
+            longest: Some(Duration::from_millis(2500)),
+        },
     };
 
     // The JSON report.
     let mut json = Vec::new();
     report.write_json(&plan, &mut json).unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(doc["delayed_by_pressure"], 3);
+    assert_eq!(doc["max_pressure_delay_secs"], 2.5);
+    assert_eq!(doc["deferred"], 1);
     for (i, outcome) in outcomes.iter().enumerate() {
         let inst = &doc["instances"][i];
         let kind = outcome.kind().name();
@@ -136,11 +144,11 @@ fn every_outcome_reads_the_same_everywhere() {
     for outcome in &outcomes {
         let record = &read[outcome.kind().name()];
         match outcome {
-            // Skips are kept apart from the last outcome; not-started
-            // leaves the record alone.
-            Outcome::Skipped(skip) => {
+            // Skips and deferrals are kept apart from the last outcome;
+            // not-started leaves the record alone.
+            Outcome::Skipped(_) | Outcome::Deferred => {
                 assert_eq!(record.outcome, None);
-                assert_eq!(record.last_skip_reason, Some(skip.reason()));
+                assert_eq!(record.last_skip_reason, outcome.reason());
             }
             Outcome::NotStarted => assert_eq!(record.outcome, None),
             _ => {
@@ -171,7 +179,7 @@ fn every_outcome_reads_the_same_everywhere() {
             .find(|i| i["id"] == name)
             .unwrap();
         match outcome {
-            Outcome::Skipped(_) | Outcome::NotStarted => {
+            Outcome::Skipped(_) | Outcome::NotStarted | Outcome::Deferred => {
                 assert!(view["outcome"].is_null())
             }
             _ => {

@@ -123,6 +123,11 @@ pub struct RunView {
     pub counts: BTreeMap<String, usize>,
     pub ended: Option<f64>,
     pub exit_code: Option<u8>,
+    /// How long due starts have been waiting for pressure to fall, if they
+    /// are (a live run only).
+    pub waiting_for_pressure_secs: Option<f64>,
+    /// Starts that waited for pressure.
+    pub delayed_by_pressure: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -248,6 +253,11 @@ fn run_view(r: &RunRecord, now: f64) -> RunView {
         counts: r.counts.clone(),
         ended: r.ended,
         exit_code: r.exit_code,
+        waiting_for_pressure_secs: r
+            .held_since
+            .filter(|_| alive)
+            .map(|since| (now - since).max(0.0)),
+        delayed_by_pressure: r.delayed_by_pressure,
     }
 }
 
@@ -384,11 +394,14 @@ fn write_runs(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Result
             writeln!(out, "{}", paint.on(YELLOW, line))?;
             continue;
         }
-        let eta = if r.eta_last_start_secs > 0.0 {
+        let mut eta = if r.eta_last_start_secs > 0.0 {
             format!("last start in {}", secs(r.eta_last_start_secs))
         } else {
             "all started".to_string()
         };
+        if let Some(waiting) = r.waiting_for_pressure_secs {
+            eta.push_str(&format!("; waiting for pressure for {}", secs(waiting)));
+        }
         writeln!(
             out,
             "  {}  pid {} ({trigger}) running for {}: {} of {} started, {} running, {} finished; {eta}",

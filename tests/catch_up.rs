@@ -1,14 +1,15 @@
-//! No burst after a stall, end to end: after SIGSTOP/SIGCONT and when the
-//! cap lets go, no 100 ms hold more than FACTOR × 100 ms ÷ (W/N) + 2
-//! starts. Each scenario also runs with `--catch-up 1000`, which must break
-//! that bound: proof that the check can fail. The runs go side by side, to
-//! keep the suite fast.
+//! No burst after a stall, end to end: after SIGSTOP/SIGCONT, when the cap
+//! lets go and when pressure falls, no 100 ms hold more than
+//! FACTOR × 100 ms ÷ (W/N) + 2 starts. Each scenario also runs with
+//! `--catch-up 1000`, which must break that bound: proof that the check
+//! can fail. The six runs go side by side, to keep the suite fast.
 //!
 //! Start times come from scatter's own JSON report (taken as the spawn
 //! returns), so the tasks' start-up does not blur them.
 
 use crate::util;
 
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -70,8 +71,9 @@ fn densest(times: &[f64]) -> usize {
 type Scenario = fn(&str) -> Vec<f64>;
 
 #[test]
-fn no_burst_after_a_stop_or_when_the_cap_lets_go() {
-    let scenarios: [(&str, Scenario); 2] = [("stopped", stopped), ("cap", cap)];
+fn no_burst_after_a_stop_when_the_cap_lets_go_or_after_pressure_falls() {
+    let scenarios: [(&str, Scenario); 3] =
+        [("stopped", stopped), ("cap", cap), ("pressure", pressure)];
     let runs: Vec<(&str, &str, Vec<f64>)> = std::thread::scope(|s| {
         let handles: Vec<_> = scenarios
             .iter()
@@ -138,4 +140,33 @@ fn cap(factor: &str) -> Vec<f64> {
     ];
     let mut cmd = scatter(&fx, factor, &["--max-concurrent", "1"], &task);
     start_times(util::spawn(&mut cmd))
+}
+
+fn set_cpu_pressure(dir: &Path, avg10: f64) {
+    let tmp = dir.join(".cpu.tmp");
+    std::fs::write(
+        &tmp,
+        format!("some avg10={avg10:.2} avg60=0.00 avg300=0.00 total=1\n"),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, dir.join("cpu.pressure")).unwrap();
+}
+
+fn pressure(factor: &str) -> Vec<f64> {
+    let fx = fixture();
+    let psi = fx.tmp.path().join("psi");
+    std::fs::create_dir(&psi).unwrap();
+    set_cpu_pressure(&psi, 90.0);
+    let extra = [
+        "--max-pressure",
+        "cpu=60",
+        "--pressure-source",
+        psi.to_str().unwrap(),
+        "--max-defer",
+        "1m",
+    ];
+    let child = util::spawn(&mut scatter(&fx, factor, &extra, &["true"]));
+    std::thread::sleep(Duration::from_millis(1200));
+    set_cpu_pressure(&psi, 5.0);
+    start_times(child)
 }

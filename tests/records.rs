@@ -15,7 +15,7 @@ use std::num::NonZeroUsize;
 use scatter::cli::SortKey;
 use scatter::lock::Holder;
 use scatter::metrics;
-use scatter::report::Report;
+use scatter::report::{Held, Report};
 use scatter::state::StateDir;
 use scatter::status;
 
@@ -99,6 +99,8 @@ const RUN_FIELDS: &[&str] = &[
     "ended",
     "exit_code",
     "max_lateness_secs",
+    "held_since",
+    "delayed_by_pressure",
 ];
 
 fn record(fields: &'static [&'static str]) -> impl Strategy<Value = Value> {
@@ -149,6 +151,7 @@ fn render(instances: &[u8], run: &[u8]) {
             timeout: None,
             detached: false,
             cap_delayed: 0,
+            pressure: Held::default(),
         };
         let prom = metrics::render(&metrics::Snapshot {
             name: "job",

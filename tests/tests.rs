@@ -18,6 +18,7 @@ mod limits;
 mod locks;
 mod names;
 mod observe;
+mod pressure;
 mod properties;
 mod records;
 mod run;

@@ -195,7 +195,7 @@ _scatter() {
             return 0
             ;;
         scatter__subcmd__run)
-            opts="-v -q -h --instances --window --lock-dir --name --order --only --dry-run --format --max-concurrent --timeout --kill-after --detach --shard --shards --state-dir --keep-runs --metrics-file --output --catch-up --nice --ionice --verbose --quiet --log --help"
+            opts="-v -q -h --instances --window --lock-dir --name --order --only --dry-run --format --max-concurrent --timeout --kill-after --detach --shard --shards --state-dir --keep-runs --metrics-file --output --max-pressure --pressure-source --max-load --max-defer --max-defer-action --catch-up --nice --ionice --verbose --quiet --log --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -263,6 +263,26 @@ _scatter() {
                     ;;
                 --output)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-pressure)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pressure-source)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-load)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-defer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-defer-action)
+                    COMPREPLY=($(compgen -W "skip start" -- "${cur}"))
                     return 0
                     ;;
                 --catch-up)

@@ -55,6 +55,12 @@ complete -c scatter -n "__fish_scatter_using_subcommand run" -l state-dir -d 'Wh
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l keep-runs -d 'Keep this many run records in the state directory' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l metrics-file -d 'At the end of the run, write Prometheus metrics here (textfile collector)' -r -F
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l output -d 'Task output: inherit, null, tag, dir=PATH or on-failure' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l max-pressure -d 'Hold due starts while the PSI "some avg10" of RESOURCE (cpu, memory or io) is above PERCENT (repeatable, or comma-separated)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l pressure-source -d 'Where PSI is read: system (/proc/pressure), cgroup (scatter\'s own cgroup v2 directory), or a directory of RESOURCE.pressure files' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l max-load -d 'Hold due starts while the 1-minute load average per online CPU is above LOAD' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l max-defer -d 'How long past its slot a start may wait for pressure to fall [default: half the window]' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l max-defer-action -d 'Past --max-defer: skip the start (outcome deferred, not a failure), or start it anyway with a warning' -r -f -a "skip\t'Skip it, with the outcome `deferred` (not a failure)'
+start\t'Start it anyway, with a warning'"
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l catch-up -d 'Once behind schedule (after a stall, the cap or pressure), start at most FACTOR times the planned rate until caught up' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l nice -d 'Nice value of each task\'s process group, -20 to 19 (scatter\'s own is unchanged)' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l ionice -d 'I/O priority of each task\'s process group: idle, best-effort[:LEVEL] or realtime[:LEVEL], LEVEL 0 (highest) to 7, default 4' -r

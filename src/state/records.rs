@@ -205,6 +205,13 @@ pub struct RunRecord {
     pub exit_code: Option<u8>,
     #[serde(deserialize_with = "lenient::secs")]
     pub max_lateness_secs: Option<f64>,
+    /// Since when due starts are held back by pressure (unix seconds);
+    /// `None` while they are not.
+    #[serde(deserialize_with = "lenient::time")]
+    pub held_since: Option<f64>,
+    /// Starts that waited for pressure so far.
+    #[serde(deserialize_with = "lenient::count")]
+    pub delayed_by_pressure: usize,
 }
 
 /// Something that happened to an instance, to be merged into its record.
@@ -227,8 +234,8 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
     let r = &event.result;
     match &r.outcome {
         Outcome::NotStarted => {}
-        Outcome::Skipped(skip) => {
-            record.last_skip_reason = Some(skip.reason());
+        Outcome::Skipped(_) | Outcome::Deferred => {
+            record.last_skip_reason = r.outcome.reason();
             record.last_skip_at = Some(at);
         }
         outcome => {

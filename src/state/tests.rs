@@ -47,11 +47,8 @@ fn a_tasks_cost_is_kept_as_last_value_and_weighted_average() {
     assert!((r.avg_cpu_user_secs.unwrap() - 1.3).abs() < 1e-9);
     assert!((r.avg_max_rss_kib.unwrap() - 1700.0).abs() < 1e-9);
     assert!((r.last_cpu_secs().unwrap() - 2.1).abs() < 1e-9);
-    // A skip or a failure to start changes none of it.
-    apply(
-        &mut r,
-        &event("a", Outcome::Skipped(Skip::Locked("pid 1".into()))),
-    );
+    // A skip, a deferral or a failure to start changes none of it.
+    apply(&mut r, &event("a", Outcome::Deferred));
     apply(
         &mut r,
         &event(
@@ -64,6 +61,10 @@ fn a_tasks_cost_is_kept_as_last_value_and_weighted_average() {
     );
     assert_eq!(r.last_cpu_user_secs, Some(2.0));
     assert!((r.avg_cpu_user_secs.unwrap() - 1.3).abs() < 1e-9);
+    assert_eq!(
+        r.last_skip_reason.as_deref(),
+        Some(crate::outcome::DEFERRED_REASON)
+    );
 }
 
 #[test]

@@ -13,9 +13,9 @@
 //! life when they fire, so a timer of a task that has moved on does nothing,
 //! and a timer can never reach another task.
 //!
-//! Whether a due start may go beyond its deadline, the cap and the host's
-//! hold (the no-burst rule) is [`gate`]'s decision; stop signals to scatter
-//! itself are handled in [`stop`].
+//! Whether a due start may go beyond its deadline and the cap (the no-burst
+//! rule, the host's hold for pressure, `--max-defer`) is [`gate`]'s
+//! decision; stop signals to scatter itself are handled in [`stop`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -107,9 +107,7 @@ pub struct Engine<'a, H: Host> {
     /// then that is still waiting was held back by the cap.
     cap_released: Option<Instant>,
     retries_left: usize,
-    /// The host holds due starts back until this instant at the latest.
-    held_until: Option<Instant>,
-    /// Pacing after falling behind.
+    /// Pacing after a stall, and the host's hold (pressure).
     gate: Gate,
     events: Vec<Event>,
 }
@@ -139,7 +137,6 @@ impl<'a, H: Host> Engine<'a, H> {
             cap_delayed: 0,
             cap_released: None,
             retries_left: RETRY_BUDGET,
-            held_until: None,
             gate: Gate::new(plan.interval(), opts),
             events: Vec::new(),
         }
@@ -212,7 +209,6 @@ impl<'a, H: Host> Engine<'a, H> {
         let start = (self.stop.is_none() && !self.cap_reached())
             .then(|| self.plan.entries.get(self.next).map(|e| self.deadline(e)))
             .flatten()
-            .map(|due| self.held_until.map_or(due, |held| held.max(due)))
             .map(|due| self.gate.wake(self.next, due));
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let stop = self.stop.as_ref().filter(|s| !s.killed).map(|s| s.kill_at);
@@ -246,13 +242,13 @@ impl<'a, H: Host> Engine<'a, H> {
                 self.cap_waiting = true;
                 return;
             }
-            if let Some(until) = self.host.hold_starts() {
-                self.held_until = Some(until);
-                return;
-            }
-            self.held_until = None;
-            if let Clearance::Wait = self.clearance(entry.slot, now) {
-                return;
+            match self.clearance(entry, deadline, now) {
+                Clearance::Wait => return,
+                Clearance::Shed => {
+                    self.next += 1;
+                    continue;
+                }
+                Clearance::Go => {}
             }
             let held = self.cap_waiting || self.cap_released.is_some_and(|t| t >= deadline);
             if held && now > deadline {
@@ -504,6 +500,7 @@ impl<'a, H: Host> Engine<'a, H> {
             timeout: self.opts.timeout,
             detached: self.opts.detach,
             cap_delayed: self.cap_delayed,
+            pressure: self.gate.pressure,
         };
         if let Some((slot, late)) = report.max_lateness() {
             debug!(

@@ -86,6 +86,8 @@ pub struct Fake {
     pub calls: Vec<(Duration, Call)>,
     /// Starts are held back until this offset from the start.
     pub hold_until: Option<Duration>,
+    /// Starts are held back during each of these spans (from, until).
+    pub holds: Vec<(Duration, Duration)>,
     /// scatter is stopped from the first offset to the second: nothing it
     /// waits for is seen before then.
     pub stall: Option<(Duration, Duration)>,
@@ -106,6 +108,7 @@ impl Fake {
             stops: Vec::new(),
             calls: Vec::new(),
             hold_until: None,
+            holds: Vec::new(),
             stall: None,
             start_cost: Duration::ZERO,
             waits: 0,
@@ -209,8 +212,14 @@ impl Host for &mut Fake {
     }
 
     fn hold_starts(&mut self) -> Option<Instant> {
-        let until = self.base + self.hold_until?;
-        (until > self.now).then_some(until)
+        let now = self.now - self.base;
+        let spans = self.hold_until.map(|until| (Duration::ZERO, until));
+        spans
+            .into_iter()
+            .chain(self.holds.iter().copied())
+            .filter(|(from, until)| *from <= now && now < *until)
+            .map(|(_, until)| self.base + until)
+            .max()
     }
 
     fn signal(&mut self, slots: &[usize], sig: i32) {

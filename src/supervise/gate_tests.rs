@@ -1,14 +1,15 @@
-//! The gate's decisions on the fake clock: no burst after a stall or under
-//! the cap; no added delay on a saturated machine; `--only` never paced.
+//! The gate's decisions on the fake clock: no burst after a stall, under
+//! the cap or after pressure falls; no added delay on a saturated machine;
+//! `--max-defer` with both actions; `--only` never paced.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use super::Options;
 use super::fake::*;
-use super::tests::{kinds, plan, run};
+use super::tests::{kinds, plan, run, starts};
+use super::{DeferAction, Options};
 use crate::plan::{Order, Plan, Spec};
 use crate::template::Template;
 
@@ -145,6 +146,108 @@ fn when_the_cap_lets_go_the_backlog_is_paced() {
     run(&plan, &mut fake, &opts(1e6));
     let t = start_times(&fake);
     assert!(close(t[19], 2.0 + 0.01 * 18.0), "{t:?}");
+}
+
+#[test]
+fn after_pressure_falls_the_backlog_is_paced_and_counted() {
+    // 8 instances over 4 s (W/N = 500 ms); the host holds starts until 3 s.
+    let plan = plan(8, secs(4.0));
+    let mut fake = Fake::new(HashMap::new());
+    fake.hold_until = Some(secs(3.0));
+    let (report, seen) = run(&plan, &mut fake, &Options::default());
+    assert_eq!(kinds(&report), ["ok"; 8]);
+    let t = start_times(&fake);
+    for (slot, at) in t.iter().enumerate() {
+        assert!(close(*at, 3.0 + 0.125 * slot as f64), "slot {slot} at {at}");
+    }
+    // Slots 0-5 were due during the hold; slot 6, due as it lifted, waited
+    // only for the pacing.
+    assert_eq!(report.pressure.delayed, 6);
+    assert_eq!(report.pressure.longest, Some(secs(3.0)));
+    assert_eq!(seen.held, [true, false]);
+}
+
+#[test]
+fn pressure_that_comes_back_holds_the_catch_up_again() {
+    let plan = plan(8, secs(4.0));
+    let mut fake = Fake::new(HashMap::new());
+    fake.holds = vec![(secs(0.0), secs(2.0)), (secs(2.2), secs(3.0))];
+    let (report, seen) = run(&plan, &mut fake, &Options::default());
+    let t = start_times(&fake);
+    // 2.0 and 2.125 go out; 2.25 is inside the second hold, so the rest
+    // waits for 3.0 and is paced again.
+    assert!(close(t[0], 2.0) && close(t[1], 2.125), "{t:?}");
+    assert!(close(t[2], 3.0) && close(t[3], 3.125), "{t:?}");
+    assert_eq!(seen.held, [true, false, true, false]);
+    assert_eq!(report.pressure.delayed, 6);
+}
+
+#[test]
+fn a_start_held_past_max_defer_is_deferred_and_not_a_failure() {
+    let plan = plan(4, secs(4.0));
+    let mut fake = Fake::new(HashMap::new());
+    fake.hold_until = Some(secs(100.0));
+    let opts = Options {
+        max_defer: Some(secs(2.5)),
+        ..Options::default()
+    };
+    let (report, seen) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report), ["deferred"; 4]);
+    assert!(starts(&fake).is_empty());
+    // Each went when it reached 2.5 s past its slot; the last at 5.5 s.
+    assert_eq!(fake.now - fake.base, secs(5.5));
+    assert_eq!(report.exit_code(&plan), crate::exit::OK);
+    assert_eq!(seen.ended.len(), 4);
+    assert_eq!(report.pressure.delayed, 0);
+    // Nothing is left waiting once the last slot is shed.
+    assert_eq!(seen.held, [true, false]);
+}
+
+#[test]
+fn only_the_starts_past_max_defer_are_shed() {
+    // The hold lifts at 3.0 s: slot 0 (due 0, deferred at 2.5) is shed,
+    // slot 1 (due 1, deferred at 3.5) still starts.
+    let plan = plan(4, secs(4.0));
+    let mut fake = Fake::new(HashMap::new());
+    fake.hold_until = Some(secs(3.0));
+    let opts = Options {
+        max_defer: Some(secs(2.5)),
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report), ["deferred", "ok", "ok", "ok"]);
+    assert_eq!(
+        start_times(&fake),
+        [3.0, 3.25, 3.5],
+        "paced at W/N ÷ 4 once the hold lifts"
+    );
+}
+
+#[test]
+fn max_defer_action_start_starts_anyway_and_keeps_the_spacing() {
+    // 8 instances over 2 s (W/N = 250 ms), pressure for good, scatter
+    // stopped from 0.1 s to 3 s: at the resume every start is past its
+    // --max-defer of 0.5 s, and they are forced out 62.5 ms apart.
+    let plan = plan(8, secs(2.0));
+    let mut fake = Fake::new(HashMap::new());
+    fake.hold_until = Some(secs(100.0));
+    fake.stall = Some((secs(0.1), secs(3.0)));
+    let opts = Options {
+        max_defer: Some(secs(0.5)),
+        defer_action: DeferAction::Start,
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report), ["ok"; 8]);
+    let t = start_times(&fake);
+    for (slot, at) in t.iter().enumerate() {
+        assert!(
+            close(*at, 3.0 + 0.0625 * slot as f64),
+            "slot {slot} at {at}"
+        );
+    }
+    assert_eq!(report.pressure.delayed, 8);
+    assert_eq!(report.pressure.longest, Some(secs(3.0)));
 }
 
 #[test]

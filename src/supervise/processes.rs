@@ -7,7 +7,8 @@
 //! `--ionice` priorities. Reaping is `wait4(-1, WNOHANG)`, done only after
 //! SIGCHLD, which also hands over what the task cost. Sleeping is one `poll`
 //! on the signal self-pipe and, with `--output tag`, the tasks' output
-//! pipes.
+//! pipes. Due starts are held while the host is under pressure
+//! ([`crate::pressure`]).
 //!
 //! **Signalling only the task's own group.** A task's group id is its
 //! leader's pid. While the leader has not been reaped, that pid cannot be
@@ -39,6 +40,7 @@ use crate::outcome::Skip;
 use crate::output::{Capture, Outputs};
 use crate::plan::{Entry, Plan};
 use crate::platform::{self, FileId, Group, PollFd, PollFlags, Signals, later};
+use crate::pressure::Gauge;
 use crate::priority::Prioritizer;
 use crate::reclaim;
 use crate::spawn::{self, TaskEnv};
@@ -72,6 +74,8 @@ pub struct Processes<'a> {
     /// Leaders not reaped yet, by pid.
     by_pid: HashMap<i32, usize>,
     hung: Vec<Hung>,
+    /// `--max-pressure`, `--max-load`.
+    gauge: Option<Gauge>,
     /// `--nice`, `--ionice`.
     priority: Prioritizer,
 }
@@ -80,6 +84,7 @@ impl<'a> Processes<'a> {
     pub fn new(plan: &'a Plan, opts: &'a Options, window_start: String) -> Result<Self> {
         let signals = Signals::install().context("cannot install signal handlers")?;
         let outputs = Outputs::new(&opts.output)?;
+        let gauge = opts.pressure.as_ref().map(Gauge::open).transpose()?;
         let run_pid = platform::pid();
         Ok(Processes {
             plan,
@@ -92,6 +97,7 @@ impl<'a> Processes<'a> {
             procs: HashMap::new(),
             by_pid: HashMap::new(),
             hung: Vec::new(),
+            gauge,
             priority: Prioritizer::new(opts.priority),
         })
     }
@@ -267,6 +273,10 @@ impl Host for Processes<'_> {
             wall: SystemTime::now(),
             output,
         }
+    }
+
+    fn hold_starts(&mut self) -> Option<Instant> {
+        self.gauge.as_mut()?.hold(Instant::now())
     }
 
     fn signal(&mut self, slots: &[usize], sig: i32) {

@@ -19,6 +19,8 @@ use crate::report::Report;
 pub(super) struct Seen {
     pub(super) started: Vec<usize>,
     pub(super) ended: Vec<(usize, String)>,
+    /// Every change of the host's hold, in order.
+    pub(super) held: Vec<bool>,
 }
 
 impl Observer for Seen {
@@ -28,6 +30,9 @@ impl Observer for Seen {
     fn ended(&mut self, slot: usize, result: &TaskResult) {
         self.ended
             .push((slot, result.outcome.kind().name().to_string()));
+    }
+    fn held(&mut self, held: bool) {
+        self.held.push(held);
     }
 }
 

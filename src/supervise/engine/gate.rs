@@ -1,20 +1,33 @@
-//! Whether a due start may go now, beyond its deadline, the cap and the
-//! host's hold: the no-burst rule (`--catch-up`).
+//! Whether a due start may go now, beyond its deadline and the cap: the
+//! no-burst rule (`--catch-up`) and the host's hold (pressure), bounded by
+//! `--max-defer`.
 //!
 //! **No burst.** Every start is at least W/N ÷ FACTOR after the one before.
 //! On schedule starts are W/N apart, so the rule only binds once starts fell
-//! behind (scatter was stopped, the machine froze, the cap or the host let
-//! go): the overdue ones then go out at FACTOR times the planned rate until
-//! the schedule is caught up, instead of all at once. A machine too slow to
-//! start at the planned rate is never held up by it, and `--only` plans
-//! (W/N = 0) are not paced at all.
+//! behind (scatter was stopped, the machine froze, the cap or the pressure
+//! let go): the overdue ones then go out at FACTOR times the planned rate
+//! until the schedule is caught up, instead of all at once. A machine too
+//! slow to start at the planned rate is never held up by it, and `--only`
+//! plans (W/N = 0) are not paced at all.
+//!
+//! **Pressure.** While the host holds starts, the next one waits, and is
+//! asked about again when the host says or when it reaches `--max-defer`
+//! past its slot; it is then skipped as `deferred`, or with
+//! `--max-defer-action start` started anyway (still paced), so a long spell
+//! of pressure sheds the backlog instead of carrying it into the next run.
 
 use std::time::{Duration, Instant};
 
+use log::{debug, info, warn};
+
 use super::Engine;
+use crate::display::{self, quoted};
+use crate::outcome::{Outcome, TaskResult};
+use crate::plan::Entry;
 use crate::platform::later;
-use crate::supervise::Options;
+use crate::report::Held;
 use crate::supervise::host::Host;
+use crate::supervise::{DeferAction, Options};
 
 /// The gate's state for one run.
 #[derive(Debug)]
@@ -25,12 +38,23 @@ pub(super) struct Gate {
     last_start: Option<Instant>,
     /// The slot waiting for the spacing, and until when.
     paced: Option<(usize, Instant)>,
+    /// The slot the host holds back, when to ask again, and when it is
+    /// deferred.
+    held: Option<(usize, Instant, Option<Instant>)>,
+    /// Since when the host holds starts back (`None`: it does not).
+    hold_since: Option<Instant>,
+    /// When the host last stopped holding them.
+    hold_lifted: Option<Instant>,
+    /// Starts the hold delayed, for the report.
+    pub(super) pressure: Held,
 }
 
 /// What the gate says about a due start.
 pub(super) enum Clearance {
     /// Not yet: the engine sleeps until [`Gate::wake`].
     Wait,
+    /// Deferred (recorded): go on with the next slot.
+    Shed,
     /// Start it now.
     Go,
 }
@@ -46,23 +70,41 @@ impl Gate {
             spacing,
             last_start: None,
             paced: None,
+            held: None,
+            hold_since: None,
+            hold_lifted: None,
+            pressure: Held::default(),
         }
     }
 
     /// When the start of `slot`, due at `due`, may be tried again: its
-    /// deadline, or later while it waits for the spacing.
+    /// deadline, or later while it waits for the spacing or the host.
     pub(super) fn wake(&self, slot: usize, due: Instant) -> Instant {
-        match self.paced {
-            Some((s, until)) if s == slot => due.max(until),
-            _ => due,
+        let mut at = due;
+        if let Some((s, until)) = self.paced
+            && s == slot
+        {
+            at = at.max(until);
         }
+        if let Some((s, until, defer_at)) = self.held
+            && s == slot
+        {
+            at = at.max(defer_at.map_or(until, |d| until.min(d)));
+        }
+        at
     }
 }
 
 impl<H: Host> Engine<'_, H> {
-    /// Whether the due start of `slot` may go at `now`; the cap and the
-    /// host's hold have been checked.
-    pub(super) fn clearance(&mut self, slot: usize, now: Instant) -> Clearance {
+    /// Whether the due start of `entry` (deadline `deadline`) may go at
+    /// `now`; the cap has been checked.
+    pub(super) fn clearance(
+        &mut self,
+        entry: &Entry,
+        deadline: Instant,
+        now: Instant,
+    ) -> Clearance {
+        let slot = entry.slot;
         if let Some(last) = self.gate.last_start {
             let at = later(last, self.gate.spacing);
             if now < at {
@@ -70,7 +112,87 @@ impl<H: Host> Engine<'_, H> {
                 return Clearance::Wait;
             }
         }
+        let forced = match self.host.hold_starts() {
+            None => {
+                self.lift_hold(now);
+                false
+            }
+            Some(until) => {
+                self.begin_hold(now);
+                let defer_at = self.opts.max_defer.map(|d| later(deadline, d));
+                if defer_at.is_none_or(|at| now < at) {
+                    self.gate.held = Some((slot, until, defer_at));
+                    return Clearance::Wait;
+                }
+                let waited = display::duration(now.saturating_duration_since(deadline));
+                match self.opts.defer_action {
+                    DeferAction::Skip => {
+                        info!(
+                            instance = &*entry.id.to_string_lossy();
+                            "{}: deferred: the host was under pressure for {waited} past its slot (--max-defer)",
+                            quoted(&entry.id)
+                        );
+                        self.record(slot, TaskResult::new(Outcome::Deferred));
+                        self.lift_if_last(slot, now);
+                        return Clearance::Shed;
+                    }
+                    DeferAction::Start => {
+                        warn!(
+                            instance = &*entry.id.to_string_lossy();
+                            "{}: starting despite pressure: {waited} past its slot, the --max-defer limit",
+                            quoted(&entry.id)
+                        );
+                        true
+                    }
+                }
+            }
+        };
+        // Held if a hold ended (or is forced through) after its slot: it
+        // was due, or in the backlog, while the host held starts.
+        let released = if forced {
+            Some(now)
+        } else {
+            self.gate.hold_lifted
+        };
+        if let Some(end) = released
+            && end > deadline
+        {
+            let delay = end - deadline;
+            let held = &mut self.gate.pressure;
+            held.delayed += 1;
+            held.longest = Some(held.longest.map_or(delay, |l| l.max(delay)));
+            if !forced {
+                debug!(
+                    "{}: starting {} late; pressure held it {}",
+                    quoted(&entry.id),
+                    display::duration_precise(now.saturating_duration_since(deadline)),
+                    display::duration_precise(delay)
+                );
+            }
+        }
         self.gate.last_start = Some(now);
+        self.lift_if_last(slot, now);
         Clearance::Go
+    }
+
+    /// Nothing waits once the last slot is gone, whatever the pressure.
+    fn lift_if_last(&mut self, slot: usize, now: Instant) {
+        if slot + 1 >= self.plan.entries.len() {
+            self.lift_hold(now);
+        }
+    }
+
+    fn begin_hold(&mut self, now: Instant) {
+        if self.gate.hold_since.is_none() {
+            self.gate.hold_since = Some(now);
+            self.observer.held(true);
+        }
+    }
+
+    fn lift_hold(&mut self, now: Instant) {
+        if self.gate.hold_since.take().is_some() {
+            self.gate.hold_lifted = Some(now);
+            self.observer.held(false);
+        }
     }
 }
