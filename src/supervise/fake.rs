@@ -51,6 +51,40 @@ impl Default for Script {
     }
 }
 
+impl Script {
+    /// Runs for `secs`, then exits 0.
+    pub fn runs(secs_: f64) -> Script {
+        Script {
+            runs_for: Some(secs(secs_)),
+            ..Script::default()
+        }
+    }
+
+    /// Runs until killed; exits on SIGTERM.
+    pub fn forever() -> Script {
+        Script {
+            runs_for: None,
+            ..Script::default()
+        }
+    }
+
+    /// Runs until killed, and ignores SIGTERM.
+    pub fn stubborn() -> Script {
+        Script {
+            ignores_term: true,
+            ..Script::forever()
+        }
+    }
+
+    /// Starting it gives these results in turn.
+    pub fn starting(start: Vec<FakeStart>) -> Script {
+        Script {
+            start,
+            ..Script::default()
+        }
+    }
+}
+
 /// What the engine asked the host to do, with the fake time it happened at.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Call {

@@ -89,10 +89,7 @@ fn starts_go_out_at_their_slots_in_plan_order() {
 #[test]
 fn the_cap_holds_starts_back_and_the_schedule_then_resumes() {
     let plan = plan(4, secs(4.0));
-    let long = Script {
-        runs_for: Some(secs(2.5)),
-        ..Script::default()
-    };
+    let long = Script::runs(2.5);
     let scripts = HashMap::from([(0, long.clone()), (1, long)]);
     let mut fake = Fake::new(scripts);
     let opts = Options {
@@ -117,65 +114,35 @@ fn the_cap_holds_starts_back_and_the_schedule_then_resumes() {
 }
 
 #[test]
-fn a_timeout_sends_sigterm_then_sigkill_after_the_grace_period() {
-    let plan = plan(1, secs(1.0));
-    let stubborn = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
-    let mut fake = Fake::new(HashMap::from([(0, stubborn)]));
-    let opts = Options {
-        timeout: Some(secs(5.0)),
-        kill_after: secs(2.0),
-        ..Options::default()
-    };
-    let (report, _) = run(&plan, &mut fake, &opts);
-    assert_eq!(
-        signals(&fake),
-        [
-            (5.0, Call::Signal(0, SIGTERM)),
-            (7.0, Call::Signal(0, SIGKILL))
-        ]
-    );
-    assert_eq!(kinds(&report), ["timed_out"]);
-    assert_eq!(report.results[0].duration, Some(secs(7.0)));
-}
-
-#[test]
-fn a_timed_out_leader_that_exits_on_sigterm_still_gets_its_group_killed() {
-    let plan = plan(1, secs(1.0));
-    let polite = Script {
-        runs_for: None,
-        ..Script::default()
-    };
-    let mut fake = Fake::new(HashMap::from([(0, polite)]));
-    let opts = Options {
-        timeout: Some(secs(5.0)),
-        kill_after: secs(2.0),
-        ..Options::default()
-    };
-    let (report, _) = run(&plan, &mut fake, &opts);
-    // Children left in the group would keep the lock: the SIGKILL still
-    // goes out (the host checks the group is still the task's).
-    assert_eq!(
-        signals(&fake),
-        [
-            (5.0, Call::Signal(0, SIGTERM)),
-            (7.0, Call::Signal(0, SIGKILL))
-        ]
-    );
-    assert_eq!(kinds(&report), ["timed_out"]);
+fn a_timeout_sends_sigterm_then_sigkill_to_the_group_after_the_grace_period() {
+    // A leader that ignores SIGTERM, and one that exits on it: children
+    // left in the group would keep the lock, so the SIGKILL goes out either
+    // way (the host checks the group is still the task's).
+    for (script, ends) in [(Script::stubborn(), 7.0), (Script::forever(), 5.0)] {
+        let plan = plan(1, secs(1.0));
+        let mut fake = Fake::new(HashMap::from([(0, script)]));
+        let opts = Options {
+            timeout: Some(secs(5.0)),
+            kill_after: secs(2.0),
+            ..Options::default()
+        };
+        let (report, _) = run(&plan, &mut fake, &opts);
+        assert_eq!(
+            signals(&fake),
+            [
+                (5.0, Call::Signal(0, SIGTERM)),
+                (7.0, Call::Signal(0, SIGKILL))
+            ]
+        );
+        assert_eq!(kinds(&report), ["timed_out"]);
+        assert_eq!(report.results[0].duration, Some(secs(ends)));
+    }
 }
 
 #[test]
 fn kill_after_zero_kills_at_once() {
     let plan = plan(1, secs(1.0));
-    let script = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
+    let script = Script::stubborn();
     let mut fake = Fake::new(HashMap::from([(0, script)]));
     let opts = Options {
         timeout: Some(secs(3.0)),
@@ -192,22 +159,7 @@ fn a_timer_never_reaches_a_task_other_than_its_own() {
     // Slot 0 ends long before its timeout; slot 1 runs past slot 0's
     // timeout but not its own. Nothing is signalled.
     let plan = plan(2, secs(2.0));
-    let scripts = HashMap::from([
-        (
-            0,
-            Script {
-                runs_for: Some(secs(0.5)),
-                ..Script::default()
-            },
-        ),
-        (
-            1,
-            Script {
-                runs_for: Some(secs(2.5)),
-                ..Script::default()
-            },
-        ),
-    ]);
+    let scripts = HashMap::from([(0, Script::runs(0.5)), (1, Script::runs(2.5))]);
     let mut fake = Fake::new(scripts);
     let opts = Options {
         timeout: Some(secs(3.0)),
@@ -221,11 +173,7 @@ fn a_timer_never_reaches_a_task_other_than_its_own() {
 #[test]
 fn a_stop_signal_is_forwarded_then_escalated_and_the_rest_is_not_started() {
     let plan = plan(4, secs(4.0));
-    let stubborn = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
+    let stubborn = Script::stubborn();
     let scripts = HashMap::from([(0, stubborn.clone()), (1, stubborn)]);
     let mut fake = Fake::new(scripts);
     fake.stops.push((secs(1.5), SIGTERM));
@@ -258,11 +206,7 @@ fn a_stop_signal_is_forwarded_then_escalated_and_the_rest_is_not_started() {
 #[test]
 fn a_second_stop_signal_kills_at_once() {
     let plan = plan(1, secs(1.0));
-    let stubborn = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
+    let stubborn = Script::stubborn();
     let mut fake = Fake::new(HashMap::from([(0, stubborn)]));
     fake.stops.push((secs(1.0), SIGTERM));
     fake.stops.push((secs(1.2), SIGINT));
@@ -289,20 +233,8 @@ const SIGINT: i32 = 2;
 fn a_busy_lock_is_a_skip_and_a_failed_spawn_a_failed_start() {
     let plan = plan(3, secs(3.0));
     let scripts = HashMap::from([
-        (
-            0,
-            Script {
-                start: vec![FakeStart::Busy],
-                ..Script::default()
-            },
-        ),
-        (
-            1,
-            Script {
-                start: vec![FakeStart::Fail { again: false }],
-                ..Script::default()
-            },
-        ),
+        (0, Script::starting(vec![FakeStart::Busy])),
+        (1, Script::starting(vec![FakeStart::Fail { again: false }])),
     ]);
     let mut fake = Fake::new(scripts);
     let (report, seen) = run(&plan, &mut fake, &Options::default());
@@ -326,18 +258,9 @@ fn a_start_that_hits_a_process_limit_is_retried_once() {
     let scripts = HashMap::from([
         (
             0,
-            Script {
-                start: vec![FakeStart::Fail { again: true }, FakeStart::Run],
-                ..Script::default()
-            },
+            Script::starting(vec![FakeStart::Fail { again: true }, FakeStart::Run]),
         ),
-        (
-            1,
-            Script {
-                start: vec![FakeStart::Fail { again: true }],
-                ..Script::default()
-            },
-        ),
+        (1, Script::starting(vec![FakeStart::Fail { again: true }])),
     ]);
     let mut fake = Fake::new(scripts);
     let (report, _) = run(&plan, &mut fake, &Options::default());
@@ -357,10 +280,7 @@ fn a_start_that_hits_a_process_limit_is_retried_once() {
 fn retries_are_bounded_per_run() {
     let n = 400;
     let plan = plan(n, secs(1.0));
-    let never = Script {
-        start: vec![FakeStart::Fail { again: true }],
-        ..Script::default()
-    };
+    let never = Script::starting(vec![FakeStart::Fail { again: true }]);
     let scripts = (0..n).map(|slot| (slot, never.clone())).collect();
     let mut fake = Fake::new(scripts);
     let (report, _) = run(&plan, &mut fake, &Options::default());
@@ -426,10 +346,7 @@ fn failed_tasks_are_reported_to_the_host_as_failed() {
 #[test]
 fn detach_returns_after_the_last_start() {
     let plan = plan(2, secs(2.0));
-    let forever = Script {
-        runs_for: None,
-        ..Script::default()
-    };
+    let forever = Script::forever();
     let mut fake = Fake::new(HashMap::from([(0, forever.clone()), (1, forever)]));
     let opts = Options {
         detach: true,
@@ -444,11 +361,7 @@ fn detach_returns_after_the_last_start() {
 #[test]
 fn durations_at_their_largest_never_overflow() {
     let plan = plan(2, crate::cli::MAX_DURATION);
-    let forever = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
+    let forever = Script::stubborn();
     let mut fake = Fake::new(HashMap::from([(0, forever)]));
     fake.stops.push((secs(1.0), SIGTERM));
     let opts = Options {
