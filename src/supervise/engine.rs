@@ -161,6 +161,7 @@ impl<'a, H: Host> Engine<'a, H> {
         for event in events.drain(..) {
             match event {
                 Event::Exited { slot, status } => self.exited(slot, status),
+                Event::Done { slot, outcome } => self.done(slot, outcome),
                 Event::OutputClosed { slot } => {
                     if let Some(task) = self.tasks.get_mut(&slot) {
                         task.output = false;
@@ -333,6 +334,27 @@ impl<'a, H: Host> Engine<'a, H> {
     }
 
     fn exited(&mut self, slot: usize, status: ExitStatus) {
+        let outcome = match status {
+            ExitStatus::Code(0) => Outcome::Ok,
+            ExitStatus::Code(code) => Outcome::Failed(code),
+            ExitStatus::Signal(sig) => Outcome::Killed(sig),
+        };
+        let what = match status {
+            ExitStatus::Code(c) => format!("exited with status {c}"),
+            ExitStatus::Signal(s) => format!("killed by {}", platform::signal_name(s)),
+        };
+        self.ended(slot, outcome, what);
+    }
+
+    /// A task that is not a process ended: `outcome` is what it came to.
+    fn done(&mut self, slot: usize, outcome: Outcome) {
+        let what = outcome.describe(None, None);
+        self.ended(slot, outcome, what);
+    }
+
+    /// The task's leader ended; `outcome` is its outcome unless our timeout
+    /// stopped it, `what` says how it ended, for the debug log.
+    fn ended(&mut self, slot: usize, outcome: Outcome, what: String) {
         let now = self.host.now();
         let kill_after = self.opts.kill_after;
         let Some(task) = self.tasks.get_mut(&slot) else {
@@ -341,14 +363,7 @@ impl<'a, H: Host> Engine<'a, H> {
         let (outcome, kill_at) = match task.life {
             Life::Exited { .. } => return,
             Life::TimingOut { kill_at } => (Outcome::TimedOut, kill_at),
-            Life::Running => (
-                match status {
-                    ExitStatus::Code(0) => Outcome::Ok,
-                    ExitStatus::Code(code) => Outcome::Failed(code),
-                    ExitStatus::Signal(sig) => Outcome::Killed(sig),
-                },
-                None,
-            ),
+            Life::Running => (outcome, None),
         };
         task.life = Life::Exited { kill_at };
         if self
@@ -374,12 +389,8 @@ impl<'a, H: Host> Engine<'a, H> {
         }
         debug!(
             instance = &*self.plan.entries[slot].id.to_string_lossy();
-            "{}: {} after {}",
+            "{}: {what} after {}",
             self.tag(slot),
-            match status {
-                ExitStatus::Code(c) => format!("exited with status {c}"),
-                ExitStatus::Signal(s) => format!("killed by {}", platform::signal_name(s)),
-            },
             display::duration(duration)
         );
         self.host.ended(slot, result.outcome.is_failure());
