@@ -55,6 +55,7 @@
 //! * State records: handed to the state writer thread through a channel that
 //!   never blocks; the disk is that thread's business.
 
+mod claims;
 pub mod engine;
 #[cfg(test)]
 mod fake;
