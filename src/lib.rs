@@ -30,6 +30,7 @@ pub mod docs;
 pub mod dryrun;
 pub mod exit;
 pub mod history;
+pub mod http;
 pub mod idcode;
 pub mod idhash;
 pub mod lenient;
