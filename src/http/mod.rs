@@ -42,6 +42,7 @@
 //!   `--timeout` (30 s by default with `--url`), which ends it wherever it
 //!   is.
 
+pub mod client;
 pub mod exchange;
 pub mod tls;
 pub mod url;

@@ -61,6 +61,7 @@ pub mod engine;
 mod fake;
 pub mod host;
 pub mod processes;
+pub mod requests;
 #[cfg(test)]
 mod tests;
 
@@ -90,6 +91,8 @@ pub struct Options {
     /// Log each failure as a record of its own (when logging to syslog or
     /// the journal, where the end-of-run report on stderr is not seen).
     pub log_failures: bool,
+    /// `--url` with `https://`: the TLS configuration of every connection.
+    pub tls: Option<crate::http::Tls>,
 }
 
 impl Default for Options {
@@ -101,6 +104,7 @@ impl Default for Options {
             detach: false,
             output: OutputMode::Inherit,
             log_failures: false,
+            tls: None,
         }
     }
 }
@@ -141,6 +145,10 @@ pub fn run(
     opts: &Options,
     observer: &mut dyn Observer,
 ) -> Result<Report> {
+    if plan.request.is_some() {
+        let host = requests::Requests::new(plan, opts)?;
+        return Ok(engine::Engine::new(host, plan, begun.start, opts, observer).run());
+    }
     let window_start = format!("{:.6}", crate::display::unix_secs(begun.start_wall));
     let host = processes::Processes::new(plan, opts, window_start)?;
     Ok(engine::Engine::new(host, plan, begun.start, opts, observer).run())
