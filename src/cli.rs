@@ -103,6 +103,8 @@ impl Verbosity {
     }
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start one task per instance, spread across the window.
@@ -242,28 +244,54 @@ pub struct RunArgs {
 
     /// Instead of a command: make this HTTP request for each instance, from
     /// scatter itself ({} and {id}, percent-encoded, only in the path and query).
-    #[arg(long, value_name = "URL", env = "SCATTER_URL", conflicts_with = "command",
-          help_heading = "Requests (--url)")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SCATTER_URL",
+        conflicts_with = "command",
+        help_heading = "Requests (--url)"
+    )]
     pub url: Option<String>,
 
     /// With --url: GET (the default; POST with --data), HEAD or POST.
-    #[arg(long, value_enum, value_name = "METHOD", env = "SCATTER_METHOD", requires = "url",
-          ignore_case = true, help_heading = "Requests (--url)")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "METHOD",
+        env = "SCATTER_METHOD",
+        requires = "url",
+        ignore_case = true,
+        help_heading = "Requests (--url)"
+    )]
     pub method: Option<Method>,
 
     /// With --url: send this header too, 'Name: value' (repeatable; {} percent-encoded).
-    #[arg(long = "header", value_name = "HEADER", requires = "url",
-          help_heading = "Requests (--url)")]
+    #[arg(
+        long = "header",
+        value_name = "HEADER",
+        requires = "url",
+        help_heading = "Requests (--url)"
+    )]
     pub headers: Vec<String>,
 
     /// With --url: send this body, as curl's --data ({} percent-encoded, %20 not +).
-    #[arg(long, value_name = "STRING", env = "SCATTER_DATA", requires = "url",
-          help_heading = "Requests (--url)")]
+    #[arg(
+        long,
+        value_name = "STRING",
+        env = "SCATTER_DATA",
+        requires = "url",
+        help_heading = "Requests (--url)"
+    )]
     pub data: Option<String>,
 
     /// With an https:// --url: trust the CA certificates in this PEM file instead of the system's.
-    #[arg(long, value_name = "FILE", env = "SCATTER_CACERT", requires = "url",
-          help_heading = "Requests (--url)")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SCATTER_CACERT",
+        requires = "url",
+        help_heading = "Requests (--url)"
+    )]
     pub cacert: Option<PathBuf>,
 
     /// The task to run for each instance, after `--` (not with --url).

@@ -49,7 +49,11 @@ fn write_text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     writeln!(out, "# instances {}", quoted(&plan.instances))?;
     writeln!(out, "# locks     {}", quoted(&plan.lock_dir))?;
     if let Some(request) = &plan.request {
-        writeln!(out, "# request   {} (made by scatter, no process)", request.method.as_str())?;
+        writeln!(
+            out,
+            "# request   {} (made by scatter, no process)",
+            request.method.as_str()
+        )?;
     }
     for entry in &plan.entries {
         let task = match plan.request(entry) {

@@ -224,7 +224,9 @@ mod tests {
         }
         let h = |json: &str| serde_json::from_str::<H>(json).unwrap().s;
         assert_eq!(h(r#"{"s":404}"#), Some(404));
-        for bad in ["99", "1000", "65936", "-404", "404.5", "\"404\"", "1e300", "null"] {
+        for bad in [
+            "99", "1000", "65936", "-404", "404.5", "\"404\"", "1e300", "null",
+        ] {
             assert_eq!(h(&format!(r#"{{"s":{bad}}}"#)), None, "{bad}");
         }
     }

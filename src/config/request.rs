@@ -28,6 +28,19 @@ pub struct RequestConfig {
 /// flag that makes no sense with it.
 pub fn from_args(args: &RunArgs) -> Result<Option<RequestConfig>> {
     let Some(url) = &args.url else {
+        let given = [
+            (args.method.is_some(), "--method"),
+            (!args.headers.is_empty(), "--header"),
+            (args.data.is_some(), "--data"),
+            (args.cacert.is_some(), "--cacert"),
+        ];
+        if let Some((_, flag)) = given.iter().find(|(set, _)| *set) {
+            return Err(
+                Fatal::usage(format!("{flag} is for requests, and needs --url"))
+                    .hint("give --url URL instead of a command after --, or drop the option")
+                    .into(),
+            );
+        }
         return Ok(None);
     };
     // Options about a process refuse --url; --nice and --ionice belong

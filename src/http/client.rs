@@ -37,7 +37,10 @@ impl Client {
             None => (None, None),
             Some(Tls(config)) => match ServerName::try_from(origin.host.clone()) {
                 Ok(name) => (Some((Arc::clone(config), name)), None),
-                Err(err) => (None, Some(format!("TLS: {} as a server name: {err}", origin.host))),
+                Err(err) => (
+                    None,
+                    Some(format!("TLS: {} as a server name: {err}", origin.host)),
+                ),
             },
         };
         let peer = if origin.host.contains(':') {

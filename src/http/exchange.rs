@@ -140,7 +140,9 @@ impl std::error::Error for TlsError {}
 /// What a step came to.
 pub enum Step {
     /// Call again when the socket is readable (`write`: or writable).
-    Wait { write: bool },
+    Wait {
+        write: bool,
+    },
     Done(Response),
     Failed(Failure),
 }
@@ -411,10 +413,7 @@ impl Exchange {
 }
 
 /// The request's bytes, and the call that reads its response.
-fn serialise(
-    method: Method,
-    request: &Expanded,
-) -> Result<(Vec<u8>, Call<RecvResponse>), String> {
+fn serialise(method: Method, request: &Expanded) -> Result<(Vec<u8>, Call<RecvResponse>), String> {
     let mut builder = http::Request::builder()
         .method(method.as_str())
         .uri(request.url.as_str());
@@ -501,7 +500,12 @@ mod tests {
     fn requests_serialise_with_the_encoded_target_and_headers() {
         let (out, _) = serialise(
             Method::Head,
-            &request("http://127.0.0.1:8080/{}/c.php?t={}", Some(Method::Head), None, "a b"),
+            &request(
+                "http://127.0.0.1:8080/{}/c.php?t={}",
+                Some(Method::Head),
+                None,
+                "a b",
+            ),
         )
         .unwrap();
         let text = String::from_utf8(out).unwrap();

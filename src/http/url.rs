@@ -97,7 +97,8 @@ fn usage(message: String, hint: &str) -> Fatal {
     Fatal::usage(message).hint(hint)
 }
 
-const PLACES: &str = "a placeholder may appear only in the URL's path and query, in header values and in --data";
+const PLACES: &str =
+    "a placeholder may appear only in the URL's path and query, in header values and in --data";
 
 impl RequestTemplate {
     /// Checks `--url`, `--method`, `--header` and `--data` together.
@@ -187,7 +188,9 @@ impl RequestTemplate {
 
     /// Whether a header of this name (case-insensitive) was given.
     pub fn has_header(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 }
 
@@ -216,11 +219,7 @@ fn split_origin(url: &str) -> Result<(String, Origin, &str), Fatal> {
         }
         other => {
             return Err(usage(
-                format!(
-                    "{}: the scheme {} is not supported",
-                    shown(),
-                    quoted(other)
-                ),
+                format!("{}: the scheme {} is not supported", shown(), quoted(other)),
                 "use http:// or https://",
             ));
         }
@@ -353,7 +352,7 @@ fn parse_header(header: &str) -> Result<(String, Vec<Piece>), Fatal> {
         ));
     }
     let pieces = pieces_of(value.as_bytes(), &shown())?;
-    if name.eq_ignore_ascii_case("host") && pieces.iter().any(|p| *p == Piece::Id) {
+    if name.eq_ignore_ascii_case("host") && pieces.contains(&Piece::Id) {
         return Err(usage(
             format!("{}: a placeholder in the Host header", shown()),
             "an instance's name must never choose the host a request goes to",
@@ -436,7 +435,10 @@ mod tests {
             "http://127.0.0.1/a%20b%3Fc%23d%25e%27f%0Ag%2Fh%26i%3Dj%2Bk/check.php?tenant=a%20b%3Fc%23d%25e%27f%0Ag%2Fh%26i%3Dj%2Bk&x=1"
         );
         assert_eq!(url_for(t, b"\xff\xfe").split('/').nth(3), Some("%FF%FE"));
-        assert_eq!(url_for(t, b"a-b.c_d~e").split('/').nth(3), Some("a-b.c_d~e"));
+        assert_eq!(
+            url_for(t, b"a-b.c_d~e").split('/').nth(3),
+            Some("a-b.c_d~e")
+        );
         assert_eq!(url_for(t, b"..").split('/').nth(3), Some("%2E%2E"));
         assert_eq!(url_for(t, b"{}").split('/').nth(3), Some("%7B%7D"));
     }
@@ -553,8 +555,11 @@ mod tests {
             let err = RequestTemplate::parse("http://h/", None, &[h.into()], None).unwrap_err();
             assert_eq!(err.code, 2, "{h}");
         }
-        assert!(RequestTemplate::parse("http://h/", None, &["Host: example.com".into()], None).is_ok());
-        let err = RequestTemplate::parse("http://h/", Some(Method::Head), &[], Some("x")).unwrap_err();
+        assert!(
+            RequestTemplate::parse("http://h/", None, &["Host: example.com".into()], None).is_ok()
+        );
+        let err =
+            RequestTemplate::parse("http://h/", Some(Method::Head), &[], Some("x")).unwrap_err();
         assert!(err.message.contains("HEAD"), "{}", err.message);
         assert!(RequestTemplate::parse("http://h/", None, &[], Some("{path}")).is_err());
     }

@@ -62,9 +62,9 @@ mod tests {
         let refused = {
             drop(listener);
             let mut s = connect_nonblocking(&addr).unwrap();
-            wait_for(|| {
-                matches!(s.write(b"x"), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
-            })
+            wait_for(
+                || matches!(s.write(b"x"), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused),
+            )
         };
         assert!(refused, "a refused connection shows at the first write");
         let _ = sock.write(b"y");

@@ -73,9 +73,9 @@ impl<'a> Claims<'a> {
         }
         match self.plan.try_lock(entry) {
             Ok(Attempt::Acquired(locked)) => Ok(locked),
-            Ok(Attempt::Busy { holder, lock }) => Err(Started::Skipped(
-                self.busy(&tag, &entry.id, holder, lock),
-            )),
+            Ok(Attempt::Busy { holder, lock }) => {
+                Err(Started::Skipped(self.busy(&tag, &entry.id, holder, lock)))
+            }
             Err(err) => Err(Started::Failed {
                 reason: err.to_string(),
                 code: exit::FAILURE,

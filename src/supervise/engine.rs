@@ -161,7 +161,10 @@ impl<'a, H: Host> Engine<'a, H> {
         for event in events.drain(..) {
             match event {
                 Event::Exited { slot, status } => self.exited(slot, status),
-                Event::Done { slot, outcome } => self.done(slot, outcome),
+                Event::Done { slot, outcome } => {
+                    let what = outcome.describe(None, None);
+                    self.ended(slot, outcome, what);
+                }
                 Event::OutputClosed { slot } => {
                     if let Some(task) = self.tasks.get_mut(&slot) {
                         task.output = false;
@@ -334,26 +337,19 @@ impl<'a, H: Host> Engine<'a, H> {
     }
 
     fn exited(&mut self, slot: usize, status: ExitStatus) {
-        let outcome = match status {
-            ExitStatus::Code(0) => Outcome::Ok,
-            ExitStatus::Code(code) => Outcome::Failed(code),
-            ExitStatus::Signal(sig) => Outcome::Killed(sig),
-        };
-        let what = match status {
-            ExitStatus::Code(c) => format!("exited with status {c}"),
-            ExitStatus::Signal(s) => format!("killed by {}", platform::signal_name(s)),
+        let (outcome, what) = match status {
+            ExitStatus::Code(0) => (Outcome::Ok, "exited with status 0".to_string()),
+            ExitStatus::Code(c) => (Outcome::Failed(c), format!("exited with status {c}")),
+            ExitStatus::Signal(s) => (
+                Outcome::Killed(s),
+                format!("killed by {}", platform::signal_name(s)),
+            ),
         };
         self.ended(slot, outcome, what);
     }
 
-    /// A task that is not a process ended: `outcome` is what it came to.
-    fn done(&mut self, slot: usize, outcome: Outcome) {
-        let what = outcome.describe(None, None);
-        self.ended(slot, outcome, what);
-    }
-
-    /// The task's leader ended; `outcome` is its outcome unless our timeout
-    /// stopped it, `what` says how it ended, for the debug log.
+    /// The task's leader (or request) ended: `outcome` is its outcome unless
+    /// our timeout stopped it; `what` says how, for the debug log.
     fn ended(&mut self, slot: usize, outcome: Outcome, what: String) {
         let now = self.host.now();
         let kill_after = self.opts.kill_after;
