@@ -54,6 +54,14 @@
 //!   does not fit is dropped and counted, and said once.
 //! * State records: handed to the state writer thread through a channel that
 //!   never blocks; the disk is that thread's business.
+//! * With `--url` ([`requests`]): `socket` and `connect` with `O_NONBLOCK`
+//!   (connecting is under way when `connect` returns), `read`, `write` and
+//!   one `recv(MSG_PEEK|MSG_DONTWAIT)` per reused connection, all on
+//!   non-blocking sockets that `poll` watches; TLS is computation on
+//!   buffers. The host's name is looked up once before the first start, on
+//!   a thread of its own that the run waits for at most 10 s (an IP literal
+//!   needs no lookup). Under `--output dir=` the body is written to the
+//!   instance's log file: a local file-system call, as above.
 
 mod claims;
 pub mod engine;
