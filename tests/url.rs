@@ -445,3 +445,68 @@ fn https_with_a_self_signed_certificate_through_cacert() {
     );
     ran.expect_code(2).expect_stderr("--cacert");
 }
+
+#[test]
+fn a_connection_the_server_closed_while_idle_is_not_reused() {
+    let srv = Server::start(|_| Answer::StatusThenClose(200));
+    let ids: Vec<String> = (0..8).map(|i| format!("t{i}")).collect();
+    let fx = Fixture::with(&ids);
+    let url = srv.url("/{}");
+    let ran = run(fx.run(&["--window", "400ms", "--url", &url]), fx.tmp.path());
+    ran.expect_code(0).expect_silent();
+    assert_eq!(srv.requests().len(), 8);
+    assert_eq!(srv.connections(), 8, "one new connection per request");
+}
+
+#[test]
+fn a_host_name_is_resolved_before_the_run() {
+    let srv = Server::start(by_name);
+    let fx = Fixture::with(&["a", "b"]);
+    let url = format!("http://localhost:{}/{{}}", srv.addr.port());
+    let ran = run(fx.run(&["--window", "100ms", "--url", &url]), fx.tmp.path());
+    ran.expect_code(0).expect_silent();
+    assert_eq!(srv.requests().len(), 2);
+    assert_eq!(
+        srv.requests()[0].header("host"),
+        Some(format!("localhost:{}", srv.addr.port()).as_bytes())
+    );
+}
+
+#[test]
+fn sigterm_ends_the_requests_in_flight_and_scatter_at_once() {
+    let srv = Server::start(|_| Answer::Hang);
+    let fx = Fixture::with(&["a", "b", "c"]);
+    let url = srv.url("/{}");
+    let child = util::spawn(&mut fx.run(&[
+        "--window",
+        "200ms",
+        "--timeout",
+        "60s",
+        "--format",
+        "json",
+        "--url",
+        &url,
+    ]));
+    assert!(util::wait_until(Duration::from_secs(10), || srv
+        .requests()
+        .len()
+        == 3));
+    let began = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(143));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["counts"]["killed"], 3, "{doc}");
+    for id in ["a", "b", "c"] {
+        assert!(!util::is_locked(&fx.lock_file(id)), "{id} released");
+    }
+}

@@ -310,11 +310,20 @@ impl Exchange {
         match std::mem::replace(&mut self.recv, Recv::Gone) {
             Recv::Head(mut call) => {
                 self.input.extend_from_slice(data);
+                let too_large = || {
+                    format!(
+                        "the response's status line and headers are larger than {}",
+                        crate::display::size(MAX_HEAD as u64)
+                    )
+                };
                 loop {
                     let (used, response) = match call.try_response(&self.input, false) {
                         Ok(r) => r,
                         Err(e) => return Some(self.fail(format!("invalid HTTP response: {e}"))),
                     };
+                    if used > MAX_HEAD {
+                        return Some(self.fail(too_large()));
+                    }
                     self.input.drain(..used);
                     if let Some(response) = response {
                         self.status = response.status().as_u16();
@@ -322,10 +331,7 @@ impl Exchange {
                     }
                     if used == 0 {
                         if self.input.len() > MAX_HEAD {
-                            return Some(self.fail(format!(
-                                "the response's status line and headers are larger than {}",
-                                crate::display::size(MAX_HEAD as u64)
-                            )));
+                            return Some(self.fail(too_large()));
                         }
                         self.recv = Recv::Head(call);
                         return None;

@@ -47,6 +47,9 @@ pub mod exchange;
 pub mod tls;
 pub mod url;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 

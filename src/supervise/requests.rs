@@ -30,7 +30,7 @@ use super::host::{Event, Host, Started};
 use crate::display::quoted;
 use crate::exit;
 use crate::http::client::Client;
-use crate::http::exchange::{Exchange, Step};
+use crate::http::exchange::{Exchange, Failure, Step};
 use crate::http::{self, Expanded, RequestTemplate};
 use crate::lock::{self, HolderTask, StartTime};
 use crate::outcome::Outcome;
@@ -164,21 +164,26 @@ impl<'a> Requests<'a> {
                     return;
                 }
                 Step::Failed(failure) => {
-                    let method = self.template.method;
-                    let stale = flight.reused && failure.unanswered && method.idempotent();
-                    let next_addr = !flight.reused
-                        && failure.unsent
-                        && flight.addr + 1 < self.client.addresses();
-                    if flight.retries == 0 && (stale || next_addr) {
+                    let again = retry(
+                        &failure,
+                        flight,
+                        self.template.method.idempotent(),
+                        self.client.addresses(),
+                    );
+                    if let Some(Retry { addr, stale }) = again {
                         // A closed idle connection, or an address that
                         // refused: the server saw nothing, so try again.
                         let request = flight.request.clone();
                         let log = flight.exchange.take_log();
-                        let addr = if next_addr { flight.addr + 1 } else { 0 };
                         debug!(
-                            "{}: {}; trying again on a new connection",
+                            "{}: {} ({}); trying again on a new connection",
                             self.tag(slot),
-                            failure.reason
+                            failure.reason,
+                            if stale {
+                                "a kept-alive connection the server had closed"
+                            } else {
+                                "the next address"
+                            }
                         );
                         match self.exchange(&request, log, true, addr) {
                             Ok((exchange, _)) => {
@@ -186,7 +191,7 @@ impl<'a> Requests<'a> {
                                     flight.exchange = exchange;
                                     flight.reused = false;
                                     flight.addr = addr;
-                                    flight.retries += usize::from(stale);
+                                    flight.retries += 1;
                                 }
                                 continue;
                             }
@@ -207,6 +212,36 @@ impl<'a> Requests<'a> {
     fn end(&mut self, slot: usize, outcome: Outcome) {
         self.flights.remove(&slot);
         self.ended.push(Event::Done { slot, outcome });
+    }
+}
+
+/// Another attempt: on a new connection to the `addr`th address; `stale`
+/// when the last one was a reused connection the server had closed.
+#[derive(Debug, PartialEq, Eq)]
+struct Retry {
+    addr: usize,
+    stale: bool,
+}
+
+/// Whether a failed attempt is tried again: a GET or HEAD on a reused
+/// connection that got no answer at all (the server had closed it while
+/// idle), once; or a new connection that failed before anything was sent,
+/// on the host's next address, if it has one.
+fn retry(failure: &Failure, flight: &Flight, idempotent: bool, addresses: usize) -> Option<Retry> {
+    let stale = flight.reused && failure.unanswered && idempotent && flight.retries == 0;
+    let next = !flight.reused && failure.unsent && flight.addr + 1 < addresses;
+    if stale {
+        Some(Retry {
+            addr: 0,
+            stale: true,
+        })
+    } else if next {
+        Some(Retry {
+            addr: flight.addr + 1,
+            stale: false,
+        })
+    } else {
+        None
     }
 }
 
@@ -357,5 +392,96 @@ impl Drop for Requests<'_> {
         );
         // As for processes: the relay's stop handlers take over first.
         crate::relay::arm();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::exchange::Conn;
+
+    /// A flight on a connection to the `addr`th address (its socket is
+    /// never used here).
+    fn flight(reused: bool, addr: usize, retries: usize) -> Flight {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let request = RequestTemplate::parse("http://127.0.0.1/{}", None, &[], None)
+            .unwrap()
+            .expand(std::ffi::OsStr::new("x"));
+        let exchange = Exchange::new(
+            Conn::new(sock, None),
+            "peer".into(),
+            http::Method::Get,
+            &request,
+            false,
+            None,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let locks = lock::prepare_dirs(dir.path(), std::ffi::OsStr::new("j")).unwrap();
+        let lock::Attempt::Acquired(lock) = locks.try_acquire(std::ffi::OsStr::new("x")).unwrap()
+        else {
+            panic!("not acquired");
+        };
+        Flight {
+            exchange,
+            _lock: lock,
+            request,
+            reused,
+            addr,
+            retries,
+            write: false,
+        }
+    }
+
+    fn failure(unanswered: bool, unsent: bool) -> Failure {
+        Failure {
+            reason: "r".into(),
+            unanswered,
+            unsent,
+        }
+    }
+
+    #[test]
+    fn a_stale_reused_connection_is_retried_once_and_only_for_get_or_head() {
+        let unanswered = failure(true, false);
+        let stale = Some(Retry {
+            addr: 0,
+            stale: true,
+        });
+        assert_eq!(retry(&unanswered, &flight(true, 0, 0), true, 1), stale);
+        assert_eq!(retry(&unanswered, &flight(true, 0, 1), true, 1), None);
+        assert_eq!(
+            retry(&unanswered, &flight(true, 0, 0), false, 1),
+            None,
+            "POST"
+        );
+        let answered = failure(false, false);
+        assert_eq!(retry(&answered, &flight(true, 0, 0), true, 1), None);
+        assert_eq!(retry(&unanswered, &flight(false, 0, 0), true, 1), None);
+    }
+
+    #[test]
+    fn a_refused_address_leads_to_the_next_one_and_the_last_gives_up() {
+        let refused = failure(true, true);
+        assert_eq!(
+            retry(&refused, &flight(false, 0, 0), false, 3),
+            Some(Retry {
+                addr: 1,
+                stale: false
+            })
+        );
+        assert_eq!(
+            retry(&refused, &flight(false, 1, 1), true, 3),
+            Some(Retry {
+                addr: 2,
+                stale: false
+            })
+        );
+        assert_eq!(retry(&refused, &flight(false, 2, 2), true, 3), None);
+        assert_eq!(
+            retry(&failure(true, false), &flight(false, 0, 0), true, 3),
+            None
+        );
     }
 }

@@ -15,6 +15,9 @@ pub enum Answer {
     Status(u16, Vec<u8>),
     /// Nothing: keep the connection open and never answer.
     Hang,
+    /// This status, then the connection is closed without saying so (no
+    /// `connection: close`), as a server whose keep-alive timeout is short.
+    StatusThenClose(u16),
 }
 
 #[derive(Clone, Debug)]
@@ -204,6 +207,13 @@ fn serve(
                 while !stop.load(Ordering::Relaxed) && Instant::now() < until {
                     std::thread::sleep(Duration::from_millis(20));
                 }
+                return;
+            }
+            Answer::StatusThenClose(status) => {
+                let stream = reader.get_mut();
+                let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.flush();
                 return;
             }
             Answer::Status(status, body) => {
