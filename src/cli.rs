@@ -14,6 +14,7 @@ use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
+use crate::http::Method;
 use crate::logging::Sink;
 use crate::output::OutputMode;
 use crate::plan::Order;
@@ -47,7 +48,15 @@ SIGHUP scatter stops starting tasks, forwards the signal to every task's
 group, and SIGKILLs what remains after --kill-after; a second signal kills
 at once.
 
+Instead of a command, --url makes one HTTP request per instance from scatter
+itself, with no process per instance. {} and {id} may appear only in its path
+and query, and are percent-encoded (as in header values and --data). A status
+below 400 is ok, 400 and above failed; redirects are not followed. With --url,
+--timeout defaults to 30s and --max-concurrent to 64; --kill-after does not
+apply, and --detach is refused.
+
 Examples:
+  scatter run --instances /srv/instances --url 'http://127.0.0.1/{}/checkmail.php'
   scatter run --instances /srv/instances -- curl -fsS http://127.0.0.1/{}/checkmail.php
   scatter run --instances /srv/instances --only acme -- ./checkmail {}
   scatter run --instances /srv/instances --dry-run --format json -- ./checkmail {}";
@@ -94,6 +103,8 @@ impl Verbosity {
     }
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Start one task per instance, spread across the window.
@@ -231,8 +242,60 @@ pub struct RunArgs {
           value_parser = OutputMode::parse)]
     pub output: OutputMode,
 
-    /// The task to run for each instance, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND",
+    /// Instead of a command: make this HTTP request for each instance, from
+    /// scatter itself ({} and {id}, percent-encoded, only in the path and query).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SCATTER_URL",
+        conflicts_with = "command",
+        help_heading = "Requests (--url)"
+    )]
+    pub url: Option<String>,
+
+    /// With --url: GET (the default; POST with --data), HEAD or POST.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "METHOD",
+        env = "SCATTER_METHOD",
+        requires = "url",
+        ignore_case = true,
+        help_heading = "Requests (--url)"
+    )]
+    pub method: Option<Method>,
+
+    /// With --url: send this header too, 'Name: value' (repeatable; {} percent-encoded).
+    #[arg(
+        long = "header",
+        value_name = "HEADER",
+        requires = "url",
+        help_heading = "Requests (--url)"
+    )]
+    pub headers: Vec<String>,
+
+    /// With --url: send this body, as curl's --data ({} percent-encoded, %20 not +).
+    #[arg(
+        long,
+        value_name = "STRING",
+        env = "SCATTER_DATA",
+        requires = "url",
+        help_heading = "Requests (--url)"
+    )]
+    pub data: Option<String>,
+
+    /// With an https:// --url: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SCATTER_CACERT",
+        requires = "url",
+        help_heading = "Requests (--url)"
+    )]
+    pub cacert: Option<PathBuf>,
+
+    /// The task to run for each instance, after `--` (not with --url).
+    #[arg(last = true, required_unless_present = "url", value_name = "COMMAND",
           value_parser = OsStringValueParser::new(), num_args = 1..)]
     pub command: Vec<OsString>,
 }

@@ -26,6 +26,9 @@ use crate::state;
 use crate::supervise::Options;
 use crate::template::Template;
 
+mod request;
+pub use request::{DEFAULT_CAP, DEFAULT_TIMEOUT};
+
 /// A validated `scatter run`.
 #[derive(Debug)]
 pub struct RunConfig {
@@ -43,7 +46,11 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn from_args(args: RunArgs) -> Result<RunConfig> {
-        let template = Template::parse(&args.command)?;
+        let request = request::from_args(&args)?;
+        let template = match &request {
+            Some(_) => Template::none(),
+            None => Template::parse(&args.command)?,
+        };
         let program = match template.fixed_program() {
             Some(name) => resolve_program(&name, args.dry_run)?,
             None => None,
@@ -73,14 +80,18 @@ impl RunConfig {
                 "--detach under systemd: the service manager kills the tasks when scatter exits, unless the unit sets KillMode=process"
             );
         }
-        let supervision = Options {
+        let mut supervision = Options {
             max_concurrent: args.max_concurrent,
             timeout: args.timeout,
             kill_after: args.kill_after,
             detach: args.detach,
             output,
             log_failures: crate::logging::structured(),
+            tls: None,
         };
+        if let Some(request) = &request {
+            request.apply(&mut supervision);
+        }
         let shard = Shard::select(args.shard, args.shards)?;
         let lock_base = lock::base_path(args.lock_dir.as_deref())?;
         let lock_dir = lock::job_dir(&lock_base, &name);
@@ -110,6 +121,7 @@ impl RunConfig {
                 shard,
                 template,
                 program,
+                request: request.map(|r| r.template),
             },
             lock_base,
             dry_run: args.dry_run,

@@ -48,14 +48,25 @@ fn write_text(plan: &Plan, out: &mut impl Write) -> io::Result<()> {
     }
     writeln!(out, "# instances {}", quoted(&plan.instances))?;
     writeln!(out, "# locks     {}", quoted(&plan.lock_dir))?;
-    for entry in &plan.entries {
+    if let Some(request) = &plan.request {
         writeln!(
             out,
-            "+{:.3}s  {}  {}  {}",
+            "# request   {} (made by scatter, no process)",
+            request.method.as_str()
+        )?;
+    }
+    for entry in &plan.entries {
+        let task = match plan.request(entry) {
+            // Only URI characters: nothing to quote.
+            Some(request) => format!("{} {}", plan_method(plan), request.url),
+            None => argv_line(&plan.argv(entry)),
+        };
+        writeln!(
+            out,
+            "+{:.3}s  {}  {}  {task}",
             entry.offset.as_secs_f64(),
             quoted(&entry.id),
             quoted(plan.lock_path(entry)),
-            argv_line(&plan.argv(entry))
         )?;
     }
     Ok(())
@@ -84,7 +95,17 @@ struct JsonEntry {
     id_hex: Option<String>,
     path: String,
     lock: String,
-    argv: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv: Option<Vec<String>>,
+    /// `--url`: the request, instead of `argv`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+}
+
+fn plan_method(plan: &Plan) -> &'static str {
+    plan.request.as_ref().map_or("", |r| r.method.as_str())
 }
 
 fn lossy(s: impl AsRef<std::ffi::OsStr>) -> String {
@@ -100,7 +121,12 @@ fn json_entry(plan: &Plan, entry: &Entry) -> JsonEntry {
         id_hex: display::hex_unless_utf8(bytes),
         path: lossy(plan.path(entry)),
         lock: lossy(plan.lock_path(entry)),
-        argv: plan.argv(entry).iter().map(lossy).collect(),
+        argv: plan
+            .request
+            .is_none()
+            .then(|| plan.argv(entry).iter().map(lossy).collect()),
+        method: plan.request.as_ref().map(|r| r.method.as_str()),
+        url: plan.request(entry).map(|r| r.url),
     }
 }
 

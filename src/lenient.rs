@@ -49,6 +49,15 @@ pub fn secs_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(secs(d)?.unwrap_or(0.0))
 }
 
+/// An HTTP status, if it is one (100 to 999): anything else reads as
+/// absent.
+pub fn http_status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    Ok(Value::deserialize(d)?
+        .as_u64()
+        .filter(|s| (100..=999).contains(s))
+        .and_then(|s| u16::try_from(s).ok()))
+}
+
 /// A count: negative reads as 0, too large as the type's maximum.
 pub fn count<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -203,6 +212,22 @@ mod tests {
             if !bad.starts_with('"') {
                 assert_eq!(rec.name, None, "{bad}");
             }
+        }
+    }
+
+    #[test]
+    fn http_statuses_are_three_digits_or_absent() {
+        #[derive(Deserialize)]
+        struct H {
+            #[serde(deserialize_with = "http_status")]
+            s: Option<u16>,
+        }
+        let h = |json: &str| serde_json::from_str::<H>(json).unwrap().s;
+        assert_eq!(h(r#"{"s":404}"#), Some(404));
+        for bad in [
+            "99", "1000", "65936", "-404", "404.5", "\"404\"", "1e300", "null",
+        ] {
+            assert_eq!(h(&format!(r#"{{"s":{bad}}}"#)), None, "{bad}");
         }
     }
 

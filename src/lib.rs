@@ -9,7 +9,7 @@
 //!   the flags and the domain) and `cli` (the clap definition);
 //! * engine and records: `supervise`, `reclaim`, `history`, `state`,
 //!   `metrics`, `report`, `dryrun`;
-//! * domain: `plan`, `discovery`, `template`, `shard`, `lock`, `output`,
+//! * domain: `plan`, `discovery`, `template`, `shard`, `lock`, `output`, `http`,
 //!   `spawn`;
 //! * leaves: `outcome`, `safedir`, `relay`, `logging`, `platform`,
 //!   `idcode`, `idhash`, `lenient`, `display`, `exit`.
@@ -30,6 +30,7 @@ pub mod docs;
 pub mod dryrun;
 pub mod exit;
 pub mod history;
+pub mod http;
 pub mod idcode;
 pub mod idhash;
 pub mod lenient;

@@ -116,6 +116,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
     );
     gauge(
         &mut out,
+        "scatter_instance_last_http_status",
+        "HTTP status of the instance's last request, when it failed with one (--url).",
+        &per_instance(&|r| {
+            r.last_outcome()
+                .and_then(|o| o.http_status())
+                .map(f64::from)
+        }),
+    );
+    gauge(
+        &mut out,
         "scatter_instance_last_duration_seconds",
         "Run time of the instance's last task.",
         &per_instance(&|r| r.last_duration_secs),

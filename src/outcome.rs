@@ -67,6 +67,12 @@ pub enum Outcome {
     NotStarted,
     /// Started under `--detach`; its end was not waited for.
     Detached,
+    /// `--url`: the server answered with this status, 400 or above (a
+    /// failure, as `curl -f` judges it).
+    HttpStatus(u16),
+    /// `--url`: the request failed before a status arrived (connection,
+    /// TLS or protocol error), for this reason.
+    RequestFailed(String),
 }
 
 /// The stable name of an outcome, without its details.
@@ -165,6 +171,7 @@ impl Outcome {
             Outcome::FailedToStart { .. } => Kind::FailedToStart,
             Outcome::NotStarted => Kind::NotStarted,
             Outcome::Detached => Kind::Detached,
+            Outcome::HttpStatus(_) | Outcome::RequestFailed(_) => Kind::Failed,
         }
     }
 
@@ -190,11 +197,20 @@ impl Outcome {
         }
     }
 
-    /// Why it was skipped or could not start.
+    /// Why it was skipped, could not start, or (a request) failed.
     pub fn reason(&self) -> Option<String> {
         match self {
             Outcome::Skipped(skip) => Some(skip.reason()),
             Outcome::FailedToStart { reason, .. } => Some(reason.clone()),
+            Outcome::RequestFailed(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of a request that failed with one.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Outcome::HttpStatus(status) => Some(*status),
             _ => None,
         }
     }
@@ -205,6 +221,8 @@ impl Outcome {
         match self {
             Outcome::TimedOut => Some(i32::from(exit::TIMED_OUT)),
             Outcome::Killed(sig) => Some(i32::from(exit::SIGNAL_BASE).saturating_add(*sig)),
+            // A request that failed: what `--only ID` exits with.
+            Outcome::HttpStatus(_) | Outcome::RequestFailed(_) => Some(i32::from(exit::FAILURE)),
             other => other.exit_code(),
         }
     }
@@ -234,6 +252,25 @@ impl Outcome {
         })
     }
 
+    /// Like [`Outcome::from_parts`], for a record that may also keep an
+    /// HTTP status: a failure with a status, or with a reason but no exit
+    /// code, was a request's.
+    pub fn from_record(
+        kind: Kind,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        reason: Option<&str>,
+        http_status: Option<u16>,
+    ) -> Option<Outcome> {
+        match (kind, http_status, exit_code, reason) {
+            (Kind::Failed, Some(status), _, _) => Some(Outcome::HttpStatus(status)),
+            (Kind::Failed, None, None, Some(reason)) => {
+                Some(Outcome::RequestFailed(reason.to_string()))
+            }
+            _ => Outcome::from_parts(kind, exit_code, signal, reason),
+        }
+    }
+
     /// One line describing the outcome, without the id: `exited with status
     /// 3 after 1.2s`. `duration` is how long the task ran, `timeout` the
     /// limit it ran under.
@@ -253,6 +290,8 @@ impl Outcome {
             Outcome::Skipped(skip) => format!("skipped: {}", skip.reason()),
             Outcome::NotStarted => "not started".to_string(),
             Outcome::Detached => format!("detached{after}"),
+            Outcome::HttpStatus(status) => format!("HTTP status {status}{after}"),
+            Outcome::RequestFailed(reason) => format!("request failed{after}: {reason}"),
         }
     }
 }
@@ -364,6 +403,42 @@ mod tests {
             Outcome::NotStarted,
             Outcome::Detached,
         ]
+    }
+
+    /// The outcomes of `--url` requests, whose kind is `failed`.
+    fn request_outcomes() -> Vec<Outcome> {
+        vec![
+            Outcome::HttpStatus(503),
+            Outcome::RequestFailed("connection refused".into()),
+        ]
+    }
+
+    #[test]
+    fn request_failures_are_failed_and_survive_a_record() {
+        for outcome in request_outcomes() {
+            assert_eq!(outcome.kind(), Kind::Failed);
+            assert!(outcome.is_failure());
+            assert_eq!(outcome.exit_code(), None);
+            assert_eq!(outcome.shell_status(), Some(1));
+            let back = Outcome::from_record(
+                outcome.kind(),
+                outcome.exit_code(),
+                outcome.signal(),
+                outcome.reason().as_deref(),
+                outcome.http_status(),
+            );
+            assert_eq!(back.as_ref(), Some(&outcome));
+        }
+        assert_eq!(Outcome::HttpStatus(404).http_status(), Some(404));
+        assert_eq!(
+            Outcome::HttpStatus(404).describe(None, None),
+            "HTTP status 404"
+        );
+        // A process's failure stays one.
+        assert_eq!(
+            Outcome::from_record(Kind::Failed, Some(3), None, None, None),
+            Some(Outcome::Failed(3))
+        );
     }
 
     #[test]

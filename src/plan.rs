@@ -16,6 +16,7 @@ use clap::ValueEnum;
 
 use crate::display::quoted;
 use crate::exit::Fatal;
+use crate::http::{Expanded, RequestTemplate};
 use crate::idhash::hash_key;
 use crate::lock;
 use crate::shard::Shard;
@@ -59,6 +60,9 @@ pub struct Spec {
     pub template: Template,
     /// The command resolved through PATH once, when it has no placeholder.
     pub program: Option<PathBuf>,
+    /// `--url`: each task is this request, made by scatter itself, and
+    /// `template` is empty.
+    pub request: Option<RequestTemplate>,
 }
 
 /// One planned start.
@@ -86,6 +90,8 @@ pub struct Plan {
     pub entries: Vec<Entry>,
     /// The command resolved through PATH, when it is the same for everyone.
     pub program: Option<PathBuf>,
+    /// `--url`: the request each task makes instead of a command.
+    pub request: Option<RequestTemplate>,
     template: Template,
     /// The open job lock directory, once a real run has prepared it.
     locks: Option<lock::JobDir>,
@@ -130,6 +136,7 @@ impl Plan {
             shard,
             entries,
             program: spec.program.clone(),
+            request: spec.request.clone(),
             template: spec.template.clone(),
             locks: None,
         })
@@ -149,6 +156,7 @@ impl Plan {
             shard: None,
             template: Template::parse(&["true".into()]).expect("a valid template"),
             program: None,
+            request: None,
         };
         Plan::build(&spec, ids).expect("a plan without --only")
     }
@@ -187,6 +195,11 @@ impl Plan {
 
     pub fn argv(&self, entry: &Entry) -> Vec<OsString> {
         self.template.expand(&entry.id, &self.path(entry))
+    }
+
+    /// `--url`: the request of one instance.
+    pub fn request(&self, entry: &Entry) -> Option<Expanded> {
+        self.request.as_ref().map(|r| r.expand(&entry.id))
     }
 }
 
@@ -273,6 +286,7 @@ mod tests {
             shard,
             template: Template::parse(&["task".into(), "{path}".into()]).unwrap(),
             program: None,
+            request: None,
         }
     }
 

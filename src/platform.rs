@@ -24,6 +24,9 @@ use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, Signal, WaitOptions};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 
+mod net;
+pub use net::{connect_nonblocking, peer_closed};
+
 /// The effective uid scatter runs as.
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()

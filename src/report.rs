@@ -67,7 +67,9 @@ impl Report {
                 outcome @ (Outcome::Ok
                 | Outcome::Failed(_)
                 | Outcome::Killed(_)
-                | Outcome::TimedOut) => {
+                | Outcome::TimedOut
+                | Outcome::HttpStatus(_)
+                | Outcome::RequestFailed(_)) => {
                     // As a shell reports it, in the 0..=255 an exit code has.
                     (outcome.shell_status().unwrap_or(1) & 0xff) as u8
                 }
@@ -134,6 +136,8 @@ impl Report {
             signal: Option<i32>,
             #[serde(skip_serializing_if = "Option::is_none")]
             reason: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            http_status: Option<u16>,
             started: Option<f64>,
             duration_secs: Option<f64>,
             lateness_secs: Option<f64>,
@@ -162,6 +166,7 @@ impl Report {
                 exit_code: r.outcome.exit_code(),
                 signal: r.outcome.signal(),
                 reason: r.outcome.reason(),
+                http_status: r.outcome.http_status(),
                 started: r.started.map(unix_secs),
                 duration_secs: r.duration.map(|d| d.as_secs_f64()),
                 lateness_secs: r.lateness.map(|d| d.as_secs_f64()),

@@ -13,6 +13,15 @@ use crate::report::Report;
 use crate::state::{self, Event, InstanceRecord, StateDir, Trigger};
 use crate::status;
 
+/// Outcomes whose kind another one already shows (a request's failures
+/// are `failed`), checked through every place all the same.
+fn more_outcomes() -> Vec<Outcome> {
+    vec![
+        Outcome::HttpStatus(503),
+        Outcome::RequestFailed("connection refused".into()),
+    ]
+}
+
 fn every_outcome() -> Vec<Outcome> {
     let all = vec![
         Outcome::Ok,
@@ -34,8 +43,20 @@ fn every_outcome() -> Vec<Outcome> {
 
 #[test]
 fn every_outcome_reads_the_same_everywhere() {
-    let outcomes = every_outcome();
-    let ids: Vec<OsString> = outcomes.iter().map(|o| o.kind().name().into()).collect();
+    check_everywhere(every_outcome(), |o| o.kind().name().to_string());
+}
+
+#[test]
+fn request_outcomes_read_the_same_everywhere() {
+    let named = |o: &Outcome| match o {
+        Outcome::HttpStatus(_) => "http_status".to_string(),
+        _ => "request_failed".to_string(),
+    };
+    check_everywhere(more_outcomes(), named);
+}
+
+fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String) {
+    let ids: Vec<OsString> = outcomes.iter().map(|o| name_of(o).into()).collect();
     let plan = Plan::for_tests(PathBuf::from("/srv/i"), ids, Duration::from_secs(8));
     let now = SystemTime::now();
     let results: Vec<TaskResult> = outcomes
@@ -59,11 +80,16 @@ fn every_outcome_reads_the_same_everywhere() {
     let mut json = Vec::new();
     report.write_json(&plan, &mut json).unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let count = |kind: &str| outcomes.iter().filter(|o| o.kind().name() == kind).count();
     for (i, outcome) in outcomes.iter().enumerate() {
         let inst = &doc["instances"][i];
         let kind = outcome.kind().name();
         assert_eq!(inst["outcome"], kind);
-        assert_eq!(doc["counts"][kind], 1);
+        assert_eq!(doc["counts"][kind], count(kind));
+        assert_eq!(
+            inst["http_status"].as_u64(),
+            outcome.http_status().map(u64::from)
+        );
         assert_eq!(
             inst["exit_code"].as_i64(),
             outcome.exit_code().map(i64::from)
@@ -112,7 +138,7 @@ fn every_outcome_reads_the_same_everywhere() {
     let dir = StateDir::existing(tmp.path()).unwrap();
     let read = dir.instances().unwrap();
     for outcome in &outcomes {
-        let record = &read[outcome.kind().name()];
+        let record = &read[&name_of(outcome)];
         match outcome {
             // Skips are kept apart from the last outcome; not-started
             // leaves the record alone.
@@ -125,6 +151,7 @@ fn every_outcome_reads_the_same_everywhere() {
                 assert_eq!(record.outcome, Some(outcome.kind()));
                 let back = record.last_outcome().unwrap();
                 assert_eq!(back.describe(None, None), outcome.describe(None, None));
+                assert_eq!(record.http_status, outcome.http_status());
                 assert_eq!(record.failing(), outcome.is_failure());
             }
         }
@@ -137,19 +164,24 @@ fn every_outcome_reads_the_same_everywhere() {
     let text = String::from_utf8(text).unwrap();
     let json = serde_json::to_value(&status).unwrap();
     for outcome in &outcomes {
-        let name = outcome.kind().name();
+        let name = name_of(outcome);
+        let kind = outcome.kind().name();
         let view = json["instances"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|i| i["id"] == name)
+            .find(|i| i["id"] == name.as_str())
             .unwrap();
         match outcome {
             Outcome::Skipped(_) | Outcome::NotStarted => {
                 assert!(view["outcome"].is_null())
             }
             _ => {
-                assert_eq!(view["outcome"], name);
+                assert_eq!(view["outcome"], kind);
+                assert_eq!(
+                    view["http_status"].as_u64(),
+                    outcome.http_status().map(u64::from)
+                );
                 assert!(
                     text.contains(&outcome.describe(None, None)),
                     "{name} in {text}"
@@ -170,14 +202,24 @@ fn every_outcome_reads_the_same_everywhere() {
     };
     let prom = metrics::render(&snapshot);
     for outcome in &outcomes {
-        let name = outcome.kind().name();
+        let name = name_of(outcome);
+        let kind = outcome.kind().name();
         assert!(
             prom.contains(&format!(
-                "scatter_run_outcomes{{scatter_name=\"job\",outcome=\"{name}\"}} 1\n"
+                "scatter_run_outcomes{{scatter_name=\"job\",outcome=\"{kind}\"}} {}\n",
+                count(kind)
             )),
-            "{name} in {prom}"
+            "{kind} in {prom}"
         );
-        if let Some(code) = read[name].last_outcome().and_then(|o| o.shell_status()) {
+        if let Some(status) = outcome.http_status() {
+            assert!(
+                prom.contains(&format!(
+                    "scatter_instance_last_http_status{{scatter_name=\"job\",instance_id=\"{name}\"}} {status}\n"
+                )),
+                "{name} status {status} in {prom}"
+            );
+        }
+        if let Some(code) = read[&name].last_outcome().and_then(|o| o.shell_status()) {
             assert!(
                 prom.contains(&format!(
                     "scatter_instance_last_exit_code{{scatter_name=\"job\",instance_id=\"{name}\"}} {code}\n"

@@ -23,3 +23,4 @@ mod shard;
 mod signals;
 mod stall;
 mod supervise;
+mod url;

@@ -55,6 +55,13 @@ complete -c scatter -n "__fish_scatter_using_subcommand run" -l state-dir -d 'Wh
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l keep-runs -d 'Keep this many run records in the state directory' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l metrics-file -d 'At the end of the run, write Prometheus metrics here (textfile collector)' -r -F
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l output -d 'Task output: inherit, null, tag, dir=PATH or on-failure' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l url -d 'Instead of a command: make this HTTP request for each instance, from scatter itself ({} and {id}, percent-encoded, only in the path and query)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l method -d 'With --url: GET (the default; POST with --data), HEAD or POST' -r -f -a "GET\t''
+HEAD\t''
+POST\t''"
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l header -d 'With --url: send this header too, \'Name: value\' (repeatable; {} percent-encoded)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l data -d 'With --url: send this body, as curl\'s --data ({} percent-encoded, %20 not +)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l cacert -d 'With an https:// --url: trust the CA certificates in this PEM file instead of the system\'s' -r -F
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l log -d 'Where diagnostics go: stderr, syslog (facility cron), journald, or auto (journald when stderr is connected to the journal)' -r -f -a "stderr\t''
 syslog\t''
 journald\t''

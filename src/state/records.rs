@@ -47,6 +47,13 @@ pub struct InstanceRecord {
     pub signal: Option<i32>,
     #[serde(deserialize_with = "lenient::or_default")]
     pub reason: Option<String>,
+    /// `--url`: the status of a request that failed with one (400 or
+    /// above). Older records have none.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::http_status"
+    )]
+    pub http_status: Option<u16>,
     #[serde(deserialize_with = "lenient::time")]
     pub last_start: Option<f64>,
     #[serde(deserialize_with = "lenient::time")]
@@ -77,11 +84,12 @@ impl InstanceRecord {
     /// The last outcome, rebuilt from what the record keeps of it; `None`
     /// if it never ran or its outcome is one this build does not know.
     pub fn last_outcome(&self) -> Option<Outcome> {
-        Outcome::from_parts(
+        Outcome::from_record(
             self.outcome?,
             self.exit_code,
             self.signal,
             self.reason.as_deref(),
+            self.http_status,
         )
     }
 }
@@ -180,6 +188,7 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
             record.exit_code = outcome.exit_code();
             record.signal = outcome.signal();
             record.reason = outcome.reason();
+            record.http_status = outcome.http_status();
             record.last_start = Some(r.started.map_or(at, unix_secs));
             record.last_end = (!matches!(outcome, Outcome::Detached)).then_some(at);
             record.last_duration_secs = r.duration.map(|d| d.as_secs_f64());

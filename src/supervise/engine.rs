@@ -161,6 +161,10 @@ impl<'a, H: Host> Engine<'a, H> {
         for event in events.drain(..) {
             match event {
                 Event::Exited { slot, status } => self.exited(slot, status),
+                Event::Done { slot, outcome } => {
+                    let what = outcome.describe(None, None);
+                    self.ended(slot, outcome, what);
+                }
                 Event::OutputClosed { slot } => {
                     if let Some(task) = self.tasks.get_mut(&slot) {
                         task.output = false;
@@ -333,6 +337,20 @@ impl<'a, H: Host> Engine<'a, H> {
     }
 
     fn exited(&mut self, slot: usize, status: ExitStatus) {
+        let (outcome, what) = match status {
+            ExitStatus::Code(0) => (Outcome::Ok, "exited with status 0".to_string()),
+            ExitStatus::Code(c) => (Outcome::Failed(c), format!("exited with status {c}")),
+            ExitStatus::Signal(s) => (
+                Outcome::Killed(s),
+                format!("killed by {}", platform::signal_name(s)),
+            ),
+        };
+        self.ended(slot, outcome, what);
+    }
+
+    /// The task's leader (or request) ended: `outcome` is its outcome unless
+    /// our timeout stopped it; `what` says how, for the debug log.
+    fn ended(&mut self, slot: usize, outcome: Outcome, what: String) {
         let now = self.host.now();
         let kill_after = self.opts.kill_after;
         let Some(task) = self.tasks.get_mut(&slot) else {
@@ -341,14 +359,7 @@ impl<'a, H: Host> Engine<'a, H> {
         let (outcome, kill_at) = match task.life {
             Life::Exited { .. } => return,
             Life::TimingOut { kill_at } => (Outcome::TimedOut, kill_at),
-            Life::Running => (
-                match status {
-                    ExitStatus::Code(0) => Outcome::Ok,
-                    ExitStatus::Code(code) => Outcome::Failed(code),
-                    ExitStatus::Signal(sig) => Outcome::Killed(sig),
-                },
-                None,
-            ),
+            Life::Running => (outcome, None),
         };
         task.life = Life::Exited { kill_at };
         if self
@@ -374,12 +385,8 @@ impl<'a, H: Host> Engine<'a, H> {
         }
         debug!(
             instance = &*self.plan.entries[slot].id.to_string_lossy();
-            "{}: {} after {}",
+            "{}: {what} after {}",
             self.tag(slot),
-            match status {
-                ExitStatus::Code(c) => format!("exited with status {c}"),
-                ExitStatus::Signal(s) => format!("killed by {}", platform::signal_name(s)),
-            },
             display::duration(duration)
         );
         self.host.ended(slot, result.outcome.is_failure());

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::host::{Event, Host, Started};
-use crate::outcome::Skip;
+use crate::outcome::{Outcome, Skip};
 use crate::plan::Entry;
 use crate::platform::ExitStatus;
 
@@ -30,6 +30,9 @@ pub struct Script {
     /// Its output stays open this long after the leader exits (`None`: it
     /// has no relayed output).
     pub output_lingers: Option<Duration>,
+    /// A task that is not a process (a request): it has no pid and ends
+    /// with this outcome instead of an exit status.
+    pub request: Option<Outcome>,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +50,7 @@ impl Default for Script {
             ignores_term: false,
             start: vec![FakeStart::Run],
             output_lingers: None,
+            request: None,
         }
     }
 }
@@ -100,6 +104,7 @@ struct Running {
     ignores_term: bool,
     output_until: Option<Option<Instant>>,
     exited: bool,
+    request: Option<Outcome>,
 }
 
 pub struct Fake {
@@ -145,10 +150,16 @@ impl Fake {
             let r = self.running.get_mut(&slot).unwrap();
             if !r.exited && r.exit_at.is_some_and(|t| t <= now) {
                 r.exited = true;
-                events.push(Event::Exited {
-                    slot,
-                    status: r.status,
-                });
+                match &r.request {
+                    Some(outcome) => events.push(Event::Done {
+                        slot,
+                        outcome: outcome.clone(),
+                    }),
+                    None => events.push(Event::Exited {
+                        slot,
+                        status: r.status,
+                    }),
+                }
             }
             if r.exited
                 && let Some(Some(until)) = r.output_until
@@ -214,10 +225,11 @@ impl Host for &mut Fake {
                             .output_lingers
                             .map(|d| script.runs_for.map(|r| now + r + d)),
                         exited: false,
+                        request: script.request.clone(),
                     },
                 );
                 Started::Running {
-                    pid: Some(1000 + slot as i32),
+                    pid: script.request.is_none().then_some(1000 + slot as i32),
                     wall: SystemTime::now(),
                     output: script.output_lingers.is_some(),
                 }
@@ -242,6 +254,9 @@ impl Host for &mut Fake {
             {
                 r.exit_at = Some(now);
                 r.status = ExitStatus::Signal(sig);
+                if r.request.is_some() {
+                    r.request = Some(Outcome::Killed(sig));
+                }
             }
         }
     }

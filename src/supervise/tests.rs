@@ -401,3 +401,61 @@ fn a_host_that_holds_starts_delays_them_and_the_schedule_goes_on() {
     assert_eq!(kinds(&report), ["ok"; 4]);
     assert_eq!(report.max_lateness().map(|(slot, _)| slot), Some(0));
 }
+
+#[test]
+fn a_request_ends_with_its_own_outcome_and_a_timeout_ends_it_at_once() {
+    // --url: kill_after is zero, so a timed-out request is aborted at its
+    // timeout and the run does not wait out a grace period.
+    let plan = plan(3, secs(3.0));
+    let request = |outcome: Outcome, runs_for: Option<f64>| Script {
+        runs_for: runs_for.map(secs),
+        request: Some(outcome),
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([
+        (0, request(Outcome::Ok, Some(0.1))),
+        (1, request(Outcome::HttpStatus(503), Some(0.1))),
+        (2, request(Outcome::Ok, None)),
+    ]));
+    let opts = Options {
+        timeout: Some(secs(2.0)),
+        kill_after: Duration::ZERO,
+        max_concurrent: NonZeroUsize::new(64),
+        ..Options::default()
+    };
+    let (report, seen) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report), ["ok", "failed", "timed_out"]);
+    assert_eq!(report.results[1].outcome, Outcome::HttpStatus(503));
+    assert_eq!(signals(&fake), [(4.0, Call::Signal(2, SIGKILL))]);
+    assert_eq!(fake.now - fake.base, secs(4.0), "no grace period after it");
+    assert_eq!(seen.ended.len(), 3);
+    let ended = calls_of(&fake, |c| matches!(c, Call::Ended(..)));
+    assert_eq!(
+        ended,
+        [
+            (0.1, Call::Ended(0, false)),
+            (1.1, Call::Ended(1, true)),
+            (4.0, Call::Ended(2, true))
+        ]
+    );
+}
+
+#[test]
+fn a_stop_signal_aborts_requests_in_flight() {
+    let plan = plan(2, secs(2.0));
+    let script = Script {
+        runs_for: None,
+        request: Some(Outcome::Ok),
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, script)]));
+    fake.stops = vec![(secs(0.5), SIGTERM)];
+    let opts = Options {
+        kill_after: Duration::ZERO,
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report), ["killed", "not_started"]);
+    assert_eq!(report.stopped_by, Some(SIGTERM));
+    assert_eq!(fake.now - fake.base, secs(0.5));
+}
