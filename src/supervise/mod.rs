@@ -83,6 +83,36 @@ use crate::output::OutputMode;
 use crate::plan::Plan;
 use crate::report::Report;
 
+/// The hosts' one sleep: `poll` on the signal self-pipe (`fds[0]`) and on
+/// one descriptor per slot (`fds[1..]`, `slots` in the same order) until
+/// `timeout`. Empties the self-pipe if it woke, and returns the slots whose
+/// descriptor is ready.
+fn poll_ready(
+    signals: &crate::platform::Signals,
+    mut fds: Vec<crate::platform::PollFd<'_>>,
+    slots: &[usize],
+    timeout: Option<Duration>,
+) -> Vec<usize> {
+    if let Err(err) = crate::platform::poll(&mut fds, timeout) {
+        // Not expected (EINTR is handled); sleep briefly rather than spin.
+        log::warn!("poll failed: {err}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let woke = fds.first().is_some_and(|fd| !fd.revents().is_empty());
+    let ready = fds
+        .iter()
+        .skip(1)
+        .zip(slots)
+        .filter(|(fd, _)| !fd.revents().is_empty())
+        .map(|(_, slot)| *slot)
+        .collect();
+    drop(fds);
+    if woke {
+        signals.drain();
+    }
+    ready
+}
+
 /// How tasks are supervised.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -20,7 +20,7 @@
 //! one.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use log::{debug, warn};
@@ -235,22 +235,7 @@ impl Host for Processes<'_> {
                 }
             }
         }
-        if let Err(err) = platform::poll(&mut fds, timeout) {
-            // Not expected (EINTR is handled); sleep briefly rather than spin.
-            warn!("poll failed: {err}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let woke = !fds[0].revents().is_empty();
-        let ready: Vec<usize> = fds[1..]
-            .iter()
-            .zip(&slots)
-            .filter(|(fd, _)| !fd.revents().is_empty())
-            .map(|(_, slot)| *slot)
-            .collect();
-        drop(fds);
-        if woke {
-            self.signals.drain();
-        }
+        let ready = super::poll_ready(&self.signals, fds, &slots, timeout);
         for slot in ready {
             let tag = self.tag(slot);
             let Some(proc_) = self.procs.get_mut(&slot) else {

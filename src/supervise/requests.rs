@@ -340,21 +340,7 @@ impl Host for Requests<'_> {
                 slots.push(*slot);
             }
         }
-        if let Err(err) = crate::platform::poll(&mut fds, timeout) {
-            warn!("poll failed: {err}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let woke = !fds[0].revents().is_empty();
-        let ready: Vec<usize> = fds[1..]
-            .iter()
-            .zip(&slots)
-            .filter(|(fd, _)| !fd.revents().is_empty())
-            .map(|(_, slot)| *slot)
-            .collect();
-        drop(fds);
-        if woke {
-            self.signals.drain();
-        }
+        let ready = super::poll_ready(&self.signals, fds, &slots, timeout);
         for slot in ready {
             self.advance(slot);
         }
