@@ -17,9 +17,10 @@ use crate::exit;
 use crate::outcome::{Kind, Outcome, Skip, TaskResult};
 use crate::plan::Plan;
 use crate::platform::signal_name;
+use crate::state::Notice;
 
 /// The whole run's results, indexed by slot.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Report {
     pub results: Vec<TaskResult>,
     /// The stop signal that ended the run early, if any.
@@ -30,6 +31,10 @@ pub struct Report {
     pub detached: bool,
     /// Starts that had to wait for `--max-concurrent`.
     pub cap_delayed: usize,
+    /// Most of this run's attempts failed (see [`crate::health`]).
+    pub widespread: bool,
+    /// The changes this run recorded (`--report changes`, `--on-change`).
+    pub changes: Vec<Notice>,
 }
 
 impl Report {
@@ -75,7 +80,7 @@ impl Report {
                 Outcome::Skipped(_) => exit::LOCKED,
                 Outcome::FailedToStart { code, .. } => *code,
                 Outcome::NotStarted => exit::FAILURE,
-                Outcome::Detached => exit::OK,
+                Outcome::Detached | Outcome::Paused(_) | Outcome::BackedOff(_) => exit::OK,
             };
         }
         if self.results.iter().any(|r| r.outcome.is_failure()) {
@@ -106,6 +111,17 @@ impl Report {
                 writeln!(out, "scatter: {}: {line}", quoted(&entry.id))?;
             }
         }
+        writeln!(out, "{}", self.summary_line())
+    }
+
+    /// The summary: `scatter: 2 of 120 instances failed (117 ok, 1 failed,
+    /// 1 failed to start, 1 skipped)`.
+    pub fn summary_line(&self) -> String {
+        let failures = self
+            .results
+            .iter()
+            .filter(|r| r.outcome.is_failure())
+            .count();
         let parts: Vec<String> = self
             .counts()
             .into_iter()
@@ -118,7 +134,7 @@ impl Report {
             None if failures > 0 => format!("{failures} of {total} instances failed"),
             None => format!("{total} instances"),
         };
-        writeln!(out, "scatter: {head} ({})", parts.join(", "))
+        format!("scatter: {head} ({})", parts.join(", "))
     }
 
     /// The report as one JSON document (`--format json`).
@@ -134,12 +150,14 @@ impl Report {
             signal: Option<i32>,
             #[serde(skip_serializing_if = "Option::is_none")]
             reason: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            next_attempt: Option<f64>,
             started: Option<f64>,
             duration_secs: Option<f64>,
             lateness_secs: Option<f64>,
         }
         #[derive(Serialize)]
-        struct Doc {
+        struct Doc<'a> {
             format: &'static str,
             name: String,
             count: usize,
@@ -149,6 +167,8 @@ impl Report {
             counts: serde_json::Map<String, serde_json::Value>,
             max_lateness_secs: Option<f64>,
             delayed_by_cap: usize,
+            widespread: bool,
+            changes: &'a [Notice],
             instances: Vec<Instance>,
         }
         let instances = plan
@@ -162,6 +182,7 @@ impl Report {
                 exit_code: r.outcome.exit_code(),
                 signal: r.outcome.signal(),
                 reason: r.outcome.reason(),
+                next_attempt: r.outcome.next_attempt().map(unix_secs),
                 started: r.started.map(unix_secs),
                 duration_secs: r.duration.map(|d| d.as_secs_f64()),
                 lateness_secs: r.lateness.map(|d| d.as_secs_f64()),
@@ -181,6 +202,8 @@ impl Report {
                 .collect(),
             max_lateness_secs: self.max_lateness().map(|(_, l)| l.as_secs_f64()),
             delayed_by_cap: self.cap_delayed,
+            widespread: self.widespread,
+            changes: &self.changes,
             instances,
         };
         serde_json::to_writer(&mut *out, &doc)?;

@@ -716,6 +716,7 @@ fn spec(window: Duration, order: Order, only: Vec<OsString>, shard: Option<Shard
         shard,
         template: Template::parse(&["task".into(), "{}".into()]).unwrap(),
         program: None,
+        filter: scatter::filter::Filter::default(),
     }
 }
 

@@ -200,8 +200,10 @@ impl<'a, H: Host> Engine<'a, H> {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let start = (self.stop.is_none() && !self.cap_reached())
-            .then(|| self.plan.entries.get(self.next).map(|e| self.deadline(e)))
+        let next = self.plan.entries.get(self.next);
+        let held = next.is_some_and(|e| self.plan.held(e.slot).is_some());
+        let start = (self.stop.is_none() && (held || !self.cap_reached()))
+            .then(|| next.map(|e| self.deadline(e)))
             .flatten()
             .map(|due| self.held_until.map_or(due, |held| held.max(due)));
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
@@ -231,6 +233,12 @@ impl<'a, H: Host> Engine<'a, H> {
                 // Caught up with the schedule.
                 self.cap_waiting = false;
                 return;
+            }
+            if let Some(held) = self.plan.held(entry.slot) {
+                // Paused or backed off: its outcome, at its slot, no start.
+                self.next += 1;
+                self.record(entry.slot, TaskResult::new(held.clone()));
+                continue;
             }
             if self.cap_reached() {
                 self.cap_waiting = true;
@@ -564,6 +572,7 @@ impl<'a, H: Host> Engine<'a, H> {
             timeout: self.opts.timeout,
             detached: self.opts.detach,
             cap_delayed: self.cap_delayed,
+            ..Report::default()
         };
         if let Some((slot, late)) = report.max_lateness() {
             debug!(

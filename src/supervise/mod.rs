@@ -54,6 +54,13 @@
 //!   does not fit is dropped and counted, and said once.
 //! * State records: handed to the state writer thread through a channel that
 //!   never blocks; the disk is that thread's business.
+//! * Paused and backed-off instances: decided before the run
+//!   ([`crate::health::prepare`]) and handed over as held slots in the plan;
+//!   the loop only records their outcome when their slot comes.
+//!
+//! What the same thread does after the loop has returned (the final merge
+//! of the records, the `--on-change` hooks, each bounded by
+//! `--hook-timeout`) is not on this list: no task is waiting for it.
 
 pub mod engine;
 #[cfg(test)]
