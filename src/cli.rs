@@ -6,7 +6,7 @@
 //! keeps crontab lines short.
 
 use std::ffi::{OsStr, OsString};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
+use crate::health::{Backoff, DEFAULT_BACKOFF_MAX, ReportMode};
 use crate::http::Method;
 use crate::logging::Sink;
 use crate::output::OutputMode;
@@ -41,6 +42,13 @@ The command is run directly, never through a shell. For shell syntax write:
 
 Each task also gets SCATTER_INSTANCE, SCATTER_INSTANCE_DIR, SCATTER_SLOT,
 SCATTER_WINDOW_START and SCATTER_LOCK_FD in its environment.
+
+Tenant health: --exclude GLOB leaves directories out (lost+found); `scatter
+pause ID` holds an instance back; --backoff 1m,1h attempts a failing instance
+less and less often; --report changes prints only changes (an instance starts
+failing, recovers, most instances fail at once); --on-change PROGRAM runs once
+per change with SCATTER_EVENT, SCATTER_INSTANCE, SCATTER_FAILURES,
+SCATTER_REASON, SCATTER_SINCE, SCATTER_NAME and SCATTER_STATE_DIR set.
 
 With --timeout, a task still running after DURATION gets SIGTERM sent to its
 whole process group, and SIGKILL --kill-after later. On SIGTERM, SIGINT or
@@ -113,6 +121,12 @@ pub enum Command {
     /// Show runs in progress, tasks running now and each instance's last outcome.
     #[command(after_help = STATUS_AFTER)]
     Status(StatusArgs),
+    /// Hold instances back from the job's runs until resumed, or for a while.
+    #[command(after_help = PAUSE_AFTER)]
+    Pause(PauseArgs),
+    /// End pauses made by scatter pause.
+    #[command(after_help = PAUSE_AFTER)]
+    Resume(ResumeArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -156,6 +170,78 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Text, env = "SCATTER_FORMAT")]
     pub format: Format,
+}
+
+const PAUSE_AFTER: &str = "\
+A paused instance gets the outcome `paused` in every run (neither a failure
+nor a start) until it is resumed or its --for runs out; `scatter run --only
+ID` still runs it. Pauses are kept in the job's state directory, found as
+scatter status finds it, so give the job the way scatter run was given it.
+An id that is not a single path component is refused; one starting with -
+goes after --:
+  scatter pause --name checkmail --for 2h --reason 'moving mailboxes' acme
+  scatter resume --name checkmail -- -odd-id
+  scatter resume --name checkmail --all
+
+Exit status:
+    0    done
+    2    nothing was changed: a usage error (an id that is not an instance,
+         a state directory no run has used; see --force), or the pauses
+         could not be read or written";
+
+/// Which job: as `scatter run` was given it, and where its state is.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// Job name, as given to scatter run (takes precedence over --instances).
+    #[arg(long, value_name = "NAME", env = "SCATTER_NAME",
+          value_parser = OsStringValueParser::new().try_map(parse_name))]
+    pub name: Option<OsString>,
+
+    /// The instances directory of the job; its basename is the job name.
+    #[arg(long, value_name = "DIR", env = "SCATTER_INSTANCES")]
+    pub instances: Option<PathBuf>,
+
+    /// State directory [default: /var/lib/scatter/NAME, else $XDG_STATE_HOME/scatter/NAME].
+    #[arg(long, value_name = "DIR", env = "SCATTER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Use a state directory no run has written yet, and (pause) ids that
+    /// are not instances yet.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+
+    /// End the pause by itself after this long (default: when resumed).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_window)]
+    pub duration: Option<Duration>,
+
+    /// Why, for scatter status and the --on-change hook.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+
+    /// The instance ids to pause.
+    #[arg(required = true, value_name = "ID", value_parser = OsStringValueParser::new())]
+    pub ids: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+
+    /// End every pause of the job.
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+
+    /// The instance ids to resume.
+    #[arg(required_unless_present = "all", value_name = "ID",
+          value_parser = OsStringValueParser::new())]
+    pub ids: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
@@ -241,6 +327,51 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", default_value = "inherit", env = "SCATTER_OUTPUT",
           value_parser = OutputMode::parse)]
     pub output: OutputMode,
+
+    /// Run only instances whose id matches this shell-style glob (repeatable).
+    #[arg(long, value_name = "GLOB", env = "SCATTER_INCLUDE")]
+    pub include: Vec<String>,
+
+    /// Leave out instances whose id matches this glob, such as 'lost+found' (repeatable).
+    #[arg(long, value_name = "GLOB", env = "SCATTER_EXCLUDE")]
+    pub exclude: Vec<String>,
+
+    /// After k failures in a row, attempt an instance at most once per
+    /// BASE*2^(k-1), up to MAX (default 1h), e.g. 1m,1h.
+    #[arg(long, value_name = "BASE[,MAX]", env = "SCATTER_BACKOFF", value_parser = parse_backoff)]
+    pub backoff: Option<Backoff>,
+
+    /// Report every failure (every), or only changes (changes): an instance
+    /// starts failing, recovers, a widespread failure begins or ends.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = ReportMode::Every,
+          env = "SCATTER_REPORT")]
+    pub report: ReportMode,
+
+    /// An instance is failing (for --report changes and --on-change) after
+    /// N failures in a row.
+    #[arg(long, value_name = "N", default_value = "1", env = "SCATTER_FAILURES_BEFORE_REPORT",
+          value_parser = parse_failures)]
+    pub failures_before_report: NonZeroU32,
+
+    /// Report again every DURATION that an instance (or a widespread
+    /// failure) is still failing [default: never].
+    #[arg(long, value_name = "DURATION", env = "SCATTER_REMIND", value_parser = parse_window)]
+    pub remind: Option<Duration>,
+
+    /// Run this executable once per change, after the run, with no
+    /// arguments and no shell; SCATTER_EVENT and others describe the change.
+    #[arg(long, value_name = "PROGRAM", env = "SCATTER_ON_CHANGE")]
+    pub on_change: Option<PathBuf>,
+
+    /// Kill an --on-change hook's whole process group after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "SCATTER_HOOK_TIMEOUT",
+          value_parser = parse_window)]
+    pub hook_timeout: Duration,
+
+    /// With --dry-run: read the state directory and show what a real run
+    /// would do now (paused and backed-off instances).
+    #[arg(long, requires = "dry_run", env = "SCATTER_WITH_STATE")]
+    pub with_state: bool,
 
     /// Instead of a command: make this HTTP request for each instance, from
     /// scatter itself ({} and {id}, percent-encoded, only in the path and query).
@@ -342,6 +473,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `BASE[,MAX]`: two durations greater than zero, MAX at least BASE; MAX
+/// defaults to [`DEFAULT_BACKOFF_MAX`], or BASE if that is longer.
+pub fn parse_backoff(s: &str) -> Result<Backoff, String> {
+    let (base, max) = match s.split_once(',') {
+        Some((base, max)) => (parse_window(base)?, Some(parse_window(max)?)),
+        None => (parse_window(s)?, None),
+    };
+    let max = max.unwrap_or(DEFAULT_BACKOFF_MAX.max(base));
+    if max < base {
+        return Err(format!(
+            "{s:?}: MAX is shorter than BASE; give BASE,MAX such as 1m,1h"
+        ));
+    }
+    Ok(Backoff { base, max })
+}
+
+fn parse_failures(s: &str) -> Result<NonZeroU32, String> {
+    match s.trim().parse::<u32>().map(NonZeroU32::new) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err("0 failures would report before anything failed; give at least 1".into()),
+        Err(_) => Err(format!(
+            "{s:?} is not a number of failures; give a whole number such as 3"
+        )),
+    }
+}
+
 fn parse_cap(s: &str) -> Result<NonZeroUsize, String> {
     match s.trim().parse::<usize>().map(NonZeroUsize::new) {
         Ok(Some(n)) => Ok(n),
@@ -406,6 +563,23 @@ mod tests {
         assert_eq!(parse_cap("3").unwrap().get(), 3);
         assert!(parse_cap("0").unwrap_err().contains("at least 1"));
         assert!(parse_cap("-1").is_err());
+    }
+
+    #[test]
+    fn backoffs() {
+        let b = parse_backoff("1m,1h").unwrap();
+        assert_eq!(
+            (b.base, b.max),
+            (Duration::from_secs(60), Duration::from_secs(3600))
+        );
+        assert_eq!(parse_backoff("10s").unwrap().max, DEFAULT_BACKOFF_MAX);
+        assert_eq!(parse_backoff("2h").unwrap().max, Duration::from_secs(7200));
+        assert!(parse_backoff("1h,1m").unwrap_err().contains("shorter"));
+        assert!(parse_backoff("0s").unwrap_err().contains("zero"));
+        assert!(parse_backoff("1m,").is_err());
+        assert!(parse_backoff("1m,2y").unwrap_err().contains("1 year"));
+        assert!(parse_failures("0").unwrap_err().contains("at least 1"));
+        assert_eq!(parse_failures("3").unwrap().get(), 3);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use log::warn;
 use crate::cli::{Format, RunArgs};
 use crate::display::quoted;
 use crate::exit::{self, Fatal};
+use crate::filter::Filter;
+use crate::health;
 use crate::history;
 use crate::lock;
 use crate::output::OutputMode;
@@ -42,6 +44,10 @@ pub struct RunConfig {
     pub supervision: Options,
     /// Where the run's records and metrics go.
     pub history: history::Spec,
+    /// Back-off, what to report, the `--on-change` hook.
+    pub health: health::Spec,
+    /// `--with-state`: the dry run shows what a real run would do now.
+    pub with_state: bool,
 }
 
 impl RunConfig {
@@ -80,13 +86,30 @@ impl RunConfig {
                 "--detach under systemd: the service manager kills the tasks when scatter exits, unless the unit sets KillMode=process"
             );
         }
+        let filter = Filter::new(&args.include, &args.exclude)?;
+        let on_change = args
+            .on_change
+            .as_deref()
+            .map(|hook| resolve_hook(hook, args.dry_run))
+            .transpose()?
+            .flatten();
+        let health = health::Spec {
+            backoff: args.backoff,
+            report: args.report,
+            failures_before_report: args.failures_before_report.get(),
+            remind: args.remind,
+            on_change,
+            hook_timeout: args.hook_timeout,
+        };
         let mut supervision = Options {
             max_concurrent: args.max_concurrent,
             timeout: args.timeout,
             kill_after: args.kill_after,
             detach: args.detach,
             output,
-            log_failures: crate::logging::structured(),
+            // With --report changes, failures are logged as changes, at the
+            // end of the run, not one record per failure.
+            log_failures: crate::logging::structured() && args.report == health::ReportMode::Every,
             tls: None,
         };
         if let Some(request) = &request {
@@ -122,6 +145,7 @@ impl RunConfig {
                 template,
                 program,
                 request: request.map(|r| r.template),
+                filter,
             },
             lock_base,
             dry_run: args.dry_run,
@@ -132,7 +156,31 @@ impl RunConfig {
                 keep_runs: args.keep_runs,
                 metrics_file,
             },
+            health,
+            with_state: args.with_state,
         })
+    }
+}
+
+/// Checks `--on-change` once, before anything runs: an executable file,
+/// by its path (or found in PATH when it is a bare name). A dry run only
+/// warns, as for the command.
+fn resolve_hook(hook: &Path, dry_run: bool) -> Result<Option<PathBuf>> {
+    let found = which::which(hook)
+        .map_err(|_| ())
+        .and_then(|path| std::path::absolute(&path).map_err(|_| ()));
+    match found {
+        Ok(path) => Ok(Some(path)),
+        Err(()) if dry_run => {
+            warn!("--on-change {}: not found or not executable on this machine", quoted(hook));
+            Ok(None)
+        }
+        Err(()) => Err(Fatal::usage(format!(
+            "--on-change {}: not found or not executable",
+            quoted(hook)
+        ))
+        .hint("give the path of an executable file (it is run directly, never through a shell), such as /usr/local/lib/scatter/notify")
+        .into()),
     }
 }
 

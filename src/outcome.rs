@@ -73,6 +73,14 @@ pub enum Outcome {
     /// `--url`: the request failed before a status arrived (connection,
     /// TLS or protocol error), for this reason.
     RequestFailed(String),
+    /// Not attempted: `scatter pause` holds it (the text says by whom,
+    /// until when and why). Neither a failure nor a start.
+    Paused(String),
+    /// Not attempted: it is failing, and its `--backoff` delay has not
+    /// passed. The next attempt is due then (`None` only when rebuilt from
+    /// a record that does not keep it). Not a failure of this run, though
+    /// the instance still counts as failing.
+    BackedOff(Option<SystemTime>),
 }
 
 /// The stable name of an outcome, without its details.
@@ -86,6 +94,8 @@ pub enum Kind {
     Skipped,
     NotStarted,
     Detached,
+    Paused,
+    BackedOff,
     /// A name this build does not know (written by a newer release, or
     /// crafted). Never written.
     Unknown,
@@ -93,7 +103,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind a run can produce, in the order summaries list them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Ok,
         Kind::Failed,
         Kind::Killed,
@@ -102,6 +112,8 @@ impl Kind {
         Kind::Skipped,
         Kind::NotStarted,
         Kind::Detached,
+        Kind::Paused,
+        Kind::BackedOff,
     ];
 
     /// The name used in JSON, state records and metrics labels.
@@ -115,6 +127,8 @@ impl Kind {
             Kind::Skipped => "skipped",
             Kind::NotStarted => "not_started",
             Kind::Detached => "detached",
+            Kind::Paused => "paused",
+            Kind::BackedOff => "backed_off",
             Kind::Unknown => "unknown",
         }
     }
@@ -138,6 +152,13 @@ impl Kind {
             self,
             Kind::Failed | Kind::Killed | Kind::TimedOut | Kind::FailedToStart
         )
+    }
+
+    /// Whether the run tried to start the instance: its task ran (or
+    /// could not start), so the outcome says something about its health.
+    /// Skips, holds, detached and not-started tasks say nothing.
+    pub fn attempted(self) -> bool {
+        self == Kind::Ok || self.is_failure()
     }
 }
 
@@ -172,6 +193,8 @@ impl Outcome {
             Outcome::NotStarted => Kind::NotStarted,
             Outcome::Detached => Kind::Detached,
             Outcome::HttpStatus(_) | Outcome::RequestFailed(_) => Kind::Failed,
+            Outcome::Paused(_) => Kind::Paused,
+            Outcome::BackedOff(_) => Kind::BackedOff,
         }
     }
 
@@ -197,12 +220,17 @@ impl Outcome {
         }
     }
 
-    /// Why it was skipped, could not start, or (a request) failed.
+    /// Why it was skipped, held, could not start, or (a request) failed.
     pub fn reason(&self) -> Option<String> {
         match self {
             Outcome::Skipped(skip) => Some(skip.reason()),
             Outcome::FailedToStart { reason, .. } => Some(reason.clone()),
             Outcome::RequestFailed(reason) => Some(reason.clone()),
+            Outcome::Paused(reason) => Some(reason.clone()),
+            Outcome::BackedOff(next) => Some(match next {
+                Some(at) => format!("failing; next attempt at {}", clock(*at)),
+                None => "failing; next attempt unknown".to_string(),
+            }),
             _ => None,
         }
     }
@@ -211,6 +239,14 @@ impl Outcome {
     pub fn http_status(&self) -> Option<u16> {
         match self {
             Outcome::HttpStatus(status) => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// When a backed-off instance is next attempted.
+    pub fn next_attempt(&self) -> Option<SystemTime> {
+        match self {
+            Outcome::BackedOff(next) => *next,
             _ => None,
         }
     }
@@ -248,6 +284,8 @@ impl Outcome {
             )),
             Kind::NotStarted => Outcome::NotStarted,
             Kind::Detached => Outcome::Detached,
+            Kind::Paused => Outcome::Paused(reason.unwrap_or("paused").to_string()),
+            Kind::BackedOff => Outcome::BackedOff(None),
             Kind::Unknown => return None,
         })
     }
@@ -292,8 +330,15 @@ impl Outcome {
             Outcome::Detached => format!("detached{after}"),
             Outcome::HttpStatus(status) => format!("HTTP status {status}{after}"),
             Outcome::RequestFailed(reason) => format!("request failed{after}: {reason}"),
+            Outcome::Paused(reason) => reason.clone(),
+            Outcome::BackedOff(_) => format!("backed off: {}", self.reason().unwrap_or_default()),
         }
     }
+}
+
+/// A wall-clock time for messages: RFC 3339 in UTC, to the second.
+pub fn clock(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// What happened to one planned instance.
@@ -319,10 +364,11 @@ impl TaskResult {
     }
 
     /// The report line for this instance, without the id; `None` for
-    /// outcomes that need no line (ok, not started, detached).
+    /// outcomes that need no line (ok, not started, detached, paused: a
+    /// pause is the operator's own doing).
     pub fn report_line(&self, timeout: Option<Duration>) -> Option<String> {
         match self.outcome {
-            Outcome::Ok | Outcome::NotStarted | Outcome::Detached => None,
+            Outcome::Ok | Outcome::NotStarted | Outcome::Detached | Outcome::Paused(_) => None,
             _ => Some(self.outcome.describe(self.duration, timeout)),
         }
     }
@@ -402,6 +448,10 @@ mod tests {
             Outcome::Skipped(Skip::Vanished),
             Outcome::NotStarted,
             Outcome::Detached,
+            Outcome::Paused("paused by root".into()),
+            Outcome::BackedOff(Some(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            )),
         ]
     }
 
@@ -450,9 +500,15 @@ mod tests {
             assert_eq!(serde_json::from_str::<Kind>(&json).unwrap(), kind);
         }
         assert_eq!(
-            serde_json::from_str::<Kind>("\"paused\"").unwrap(),
+            serde_json::from_str::<Kind>("\"quarantined\"").unwrap(),
             Kind::Unknown
         );
+        // Holds are neither failures nor attempts; back-off does not fail a run.
+        for kind in [Kind::Paused, Kind::BackedOff] {
+            assert!(!kind.is_failure() && !kind.attempted(), "{kind}");
+        }
+        assert!(Kind::Ok.attempted() && Kind::FailedToStart.attempted());
+        assert!(!Kind::Skipped.attempted() && !Kind::Detached.attempted());
     }
 
     #[test]
@@ -468,7 +524,7 @@ mod tests {
             assert_eq!(back.kind(), outcome.kind());
             assert_eq!(back.exit_code(), outcome.exit_code());
             assert_eq!(back.signal(), outcome.signal());
-            if outcome.kind() != Kind::FailedToStart {
+            if !matches!(outcome.kind(), Kind::FailedToStart | Kind::BackedOff) {
                 assert_eq!(back.describe(None, None), outcome.describe(None, None));
             }
         }

@@ -17,9 +17,10 @@ use crate::exit;
 use crate::outcome::{Kind, Outcome, Skip, TaskResult};
 use crate::plan::Plan;
 use crate::platform::signal_name;
+use crate::state::Notice;
 
 /// The whole run's results, indexed by slot.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Report {
     pub results: Vec<TaskResult>,
     /// The stop signal that ended the run early, if any.
@@ -30,6 +31,10 @@ pub struct Report {
     pub detached: bool,
     /// Starts that had to wait for `--max-concurrent`.
     pub cap_delayed: usize,
+    /// Most of this run's attempts failed (see [`crate::health`]).
+    pub widespread: bool,
+    /// The changes this run recorded (`--report changes`, `--on-change`).
+    pub changes: Vec<Notice>,
 }
 
 impl Report {
@@ -77,7 +82,7 @@ impl Report {
                 Outcome::Skipped(_) => exit::LOCKED,
                 Outcome::FailedToStart { code, .. } => *code,
                 Outcome::NotStarted => exit::FAILURE,
-                Outcome::Detached => exit::OK,
+                Outcome::Detached | Outcome::Paused(_) | Outcome::BackedOff(_) => exit::OK,
             };
         }
         if self.results.iter().any(|r| r.outcome.is_failure()) {
@@ -108,6 +113,17 @@ impl Report {
                 writeln!(out, "scatter: {}: {line}", quoted(&entry.id))?;
             }
         }
+        writeln!(out, "{}", self.summary_line())
+    }
+
+    /// The summary: `scatter: 2 of 120 instances failed (117 ok, 1 failed,
+    /// 1 failed to start, 1 skipped)`.
+    pub fn summary_line(&self) -> String {
+        let failures = self
+            .results
+            .iter()
+            .filter(|r| r.outcome.is_failure())
+            .count();
         let parts: Vec<String> = self
             .counts()
             .into_iter()
@@ -120,7 +136,7 @@ impl Report {
             None if failures > 0 => format!("{failures} of {total} instances failed"),
             None => format!("{total} instances"),
         };
-        writeln!(out, "scatter: {head} ({})", parts.join(", "))
+        format!("scatter: {head} ({})", parts.join(", "))
     }
 
     /// The report as one JSON document (`--format json`).
@@ -138,12 +154,14 @@ impl Report {
             reason: Option<String>,
             #[serde(skip_serializing_if = "Option::is_none")]
             http_status: Option<u16>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            next_attempt: Option<f64>,
             started: Option<f64>,
             duration_secs: Option<f64>,
             lateness_secs: Option<f64>,
         }
         #[derive(Serialize)]
-        struct Doc {
+        struct Doc<'a> {
             format: &'static str,
             name: String,
             count: usize,
@@ -153,6 +171,8 @@ impl Report {
             counts: serde_json::Map<String, serde_json::Value>,
             max_lateness_secs: Option<f64>,
             delayed_by_cap: usize,
+            widespread: bool,
+            changes: &'a [Notice],
             instances: Vec<Instance>,
         }
         let instances = plan
@@ -167,6 +187,7 @@ impl Report {
                 signal: r.outcome.signal(),
                 reason: r.outcome.reason(),
                 http_status: r.outcome.http_status(),
+                next_attempt: r.outcome.next_attempt().map(unix_secs),
                 started: r.started.map(unix_secs),
                 duration_secs: r.duration.map(|d| d.as_secs_f64()),
                 lateness_secs: r.lateness.map(|d| d.as_secs_f64()),
@@ -186,6 +207,8 @@ impl Report {
                 .collect(),
             max_lateness_secs: self.max_lateness().map(|(_, l)| l.as_secs_f64()),
             delayed_by_cap: self.cap_delayed,
+            widespread: self.widespread,
+            changes: &self.changes,
             instances,
         };
         serde_json::to_writer(&mut *out, &doc)?;

@@ -35,10 +35,17 @@ fn every_outcome() -> Vec<Outcome> {
         Outcome::Skipped(Skip::Locked("pid 7".into())),
         Outcome::NotStarted,
         Outcome::Detached,
+        Outcome::Paused("paused by root since 2027-01-15T08:00:00Z: moving".into()),
+        Outcome::BackedOff(Some(next_attempt())),
     ];
     // The list covers every kind, in summary order.
     assert_eq!(all.iter().map(Outcome::kind).collect::<Vec<_>>(), Kind::ALL);
     all
+}
+
+/// When the backed-off instance is next attempted.
+fn next_attempt() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_600)
 }
 
 #[test]
@@ -74,6 +81,7 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
         timeout: Some(Duration::from_secs(5)),
         detached: false,
         cap_delayed: 0,
+        ..Report::default()
     };
 
     // The JSON report.
@@ -96,7 +104,20 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
         );
         assert_eq!(inst["signal"].as_i64(), outcome.signal().map(i64::from));
         assert_eq!(inst["reason"].as_str(), outcome.reason().as_deref());
+        if let Outcome::BackedOff(_) = outcome {
+            assert_eq!(inst["next_attempt"], 1_800_000_600.0);
+            assert!(
+                inst["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("2027-01-15T08:10:00Z")
+            );
+        } else {
+            assert!(inst.get("next_attempt").is_none());
+        }
     }
+    assert_eq!(doc["widespread"], false);
+    assert!(doc["changes"].as_array().unwrap().is_empty());
 
     // The text report: a line for each outcome worth one.
     let mut text = Vec::new();
@@ -108,7 +129,7 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
         } else {
             assert!(matches!(
                 outcome,
-                Outcome::Ok | Outcome::NotStarted | Outcome::Detached
+                Outcome::Ok | Outcome::NotStarted | Outcome::Detached | Outcome::Paused(_)
             ));
         }
     }
@@ -147,6 +168,13 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
                 assert_eq!(record.last_skip_reason, Some(skip.reason()));
             }
             Outcome::NotStarted => assert_eq!(record.outcome, None),
+            // Holds are kept apart too: the last attempt's outcome stays
+            // (so a backed-off instance still counts as failing).
+            Outcome::Paused(_) => assert_eq!(record.outcome, None),
+            Outcome::BackedOff(_) => {
+                assert_eq!(record.outcome, None);
+                assert_eq!(record.next_attempt, Some(1_800_000_600.0));
+            }
             _ => {
                 assert_eq!(record.outcome, Some(outcome.kind()));
                 let back = record.last_outcome().unwrap();
@@ -173,7 +201,10 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
             .find(|i| i["id"] == name.as_str())
             .unwrap();
         match outcome {
-            Outcome::Skipped(_) | Outcome::NotStarted => {
+            Outcome::Skipped(_)
+            | Outcome::NotStarted
+            | Outcome::Paused(_)
+            | Outcome::BackedOff(_) => {
                 assert!(view["outcome"].is_null())
             }
             _ => {
@@ -219,6 +250,14 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
                 "{name} status {status} in {prom}"
             );
         }
+        if let Outcome::BackedOff(_) = outcome {
+            assert!(
+                prom.contains(&format!(
+                    "scatter_instance_next_attempt_timestamp_seconds{{scatter_name=\"job\",instance_id=\"{name}\"}} 1800000600\n"
+                )),
+                "{name} next attempt in {prom}"
+            );
+        }
         if let Some(code) = read[&name].last_outcome().and_then(|o| o.shell_status()) {
             assert!(
                 prom.contains(&format!(
@@ -236,7 +275,7 @@ fn a_record_with_an_outcome_from_a_newer_release_costs_only_that_record() {
     std::fs::write(
         tmp.path().join("instances.json"),
         r#"{"format":"scatter-instances/1","instances":{
-            "a":{"id":"a","outcome":"backed_off","consecutive_failures":4},
+            "a":{"id":"a","outcome":"quarantined","consecutive_failures":4},
             "b":{"id":"b","outcome":"failed","exit_code":2,"consecutive_failures":1}}}"#,
     )
     .unwrap();

@@ -717,6 +717,7 @@ fn spec(window: Duration, order: Order, only: Vec<OsString>, shard: Option<Shard
         template: Template::parse(&["task".into(), "{}".into()]).unwrap(),
         program: None,
         request: None,
+        filter: scatter::filter::Filter::default(),
     }
 }
 

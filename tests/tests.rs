@@ -11,6 +11,7 @@ mod docs;
 mod dry_run;
 mod errors;
 mod files;
+mod health;
 mod hostile;
 mod limits;
 mod locks;

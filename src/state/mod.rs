@@ -9,6 +9,9 @@
 //!   code or signal, consecutive failures, last skip reason, trigger.
 //! * `runs/<run-id>.json`: one record per run: pid, start, planned end of
 //!   the spreading, progress, counts per outcome, running/finished/aborted.
+//! * `pauses.json` and `notified.json`: pauses, and how far the
+//!   `--on-change` queue (kept in `instances.json`) has been fired; see
+//!   [`health`].
 //!
 //! Every file is replaced atomically (temporary file, fsync, rename, fsync
 //! of the directory), so a crash never leaves one half-written. Overlapping
@@ -31,6 +34,7 @@
 //! are close-on-exec, so no task inherits them.
 
 mod dir;
+pub mod health;
 mod records;
 #[cfg(test)]
 mod tests;
@@ -39,5 +43,6 @@ mod writer;
 pub use dir::{
     MAX_INSTANCES_FILE, MAX_RUN_RECORD, STATE_DIRS, SYSTEM_STATE_BASE, StateDir, path_for,
 };
-pub use records::{Event, InstanceRecord, RunRecord, Trigger, apply, run_id};
+pub use health::{JobHealth, Notice, Pause, Settle, Widespread};
+pub use records::{Alert, Event, InstanceRecord, InstancesFile, RunRecord, Trigger, apply, run_id};
 pub use writer::{Progress, Writer, Written};

@@ -62,6 +62,13 @@
 //!   a thread of its own that the run waits for at most 10 s (an IP literal
 //!   needs no lookup). Under `--output dir=` the body is written to the
 //!   instance's log file: a local file-system call, as above.
+//! * Paused and backed-off instances: decided before the run
+//!   ([`crate::health::prepare`]) and handed over as held slots in the plan;
+//!   the loop only records their outcome when their slot comes.
+//!
+//! What the same thread does after the loop has returned (the final merge
+//! of the records, the `--on-change` hooks, each bounded by
+//! `--hook-timeout`) is not on this list: no task is waiting for it.
 
 mod claims;
 pub mod engine;

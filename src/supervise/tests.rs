@@ -459,3 +459,47 @@ fn a_stop_signal_aborts_requests_in_flight() {
     assert_eq!(report.stopped_by, Some(SIGTERM));
     assert_eq!(fake.now - fake.base, secs(0.5));
 }
+
+#[test]
+fn held_slots_get_their_outcome_at_their_slot_without_a_start_or_the_cap() {
+    let mut plan = plan(4, secs(4.0));
+    plan.hold(1, Outcome::Paused("paused by root".into()));
+    let long = Script {
+        runs_for: Some(secs(2.5)),
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, long)]));
+    let opts = Options {
+        max_concurrent: NonZeroUsize::new(1),
+        ..Options::default()
+    };
+    let (report, seen) = run(&plan, &mut fake, &opts);
+    // Slot 1 is passed over at its deadline (1.0) although the cap is
+    // full; slot 2 waits for slot 0, and slot 3 keeps its own deadline.
+    assert_eq!(
+        starts(&fake),
+        [
+            (0.0, Call::Start(0)),
+            (2.5, Call::Start(2)),
+            (3.0, Call::Start(3))
+        ]
+    );
+    assert_eq!(kinds(&report), ["ok", "paused", "ok", "ok"]);
+    assert_eq!(seen.started, [0, 2, 3]);
+    assert_eq!(seen.ended[0], (1, "paused".to_string()));
+    assert_eq!(report.cap_delayed, 1);
+    assert!(!report.results[1].outcome.is_failure());
+    assert_eq!(report.results[1].started, None);
+}
+
+#[test]
+fn a_held_slot_not_reached_before_a_stop_is_not_started() {
+    let mut plan = plan(3, secs(3.0));
+    plan.hold(0, Outcome::BackedOff(None));
+    plan.hold(2, Outcome::BackedOff(None));
+    let mut fake = Fake::new(HashMap::new());
+    fake.stops = vec![(secs(1.5), SIGTERM)];
+    let (report, _) = run(&plan, &mut fake, &Options::default());
+    assert_eq!(kinds(&report), ["backed_off", "ok", "not_started"]);
+    assert_eq!(starts(&fake), [(1.0, Call::Start(1))]);
+}
