@@ -1,17 +1,22 @@
 //! `scatter run` from validated flags to exit code: discover, plan, then
-//! either print the plan (dry run) or execute it and report.
+//! either print the plan (dry run) or execute it, report, and run the
+//! `--on-change` hooks.
 
 use std::io::Write;
 
 use anyhow::{Context, Result};
 use log::{debug, warn};
 
-use crate::cli::{Format, RunArgs};
+use crate::cli::Format;
+use crate::cli::RunArgs;
 use crate::config::RunConfig;
-use crate::display::quoted;
+use crate::display::{quoted, unix_secs};
+use crate::health::{self, ReportMode};
 use crate::history::History;
+use crate::hook::Hooks;
 use crate::plan::Plan;
 use crate::relay::{self, Stream, Undelivered};
+use crate::report::Report;
 use crate::supervise::{self, RunStart};
 use crate::{discovery, dryrun, exit, lock, logging, output};
 
@@ -20,10 +25,17 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
     let cfg = RunConfig::from_args(args)?;
     let ids = discovery::discover(&cfg.plan.instances)?;
     let mut plan = Plan::build(&cfg.plan, ids)?;
+    for id in &plan.excluded {
+        debug!("{}: left out by --include/--exclude", quoted(id));
+    }
+    let state = cfg.history.state_dir.as_deref();
     if cfg.dry_run {
         // The same checks as a real run, on what exists; nothing is created.
         lock::check_dirs(&cfg.lock_base, &cfg.plan.name)?;
         output::check_log_dir(&cfg.supervision.output, false)?;
+        if cfg.with_state {
+            health::prepare(&mut plan, state, &cfg.health, begun.start_wall);
+        }
         // stdout is line-buffered; a plan can have 100,000 lines.
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
         dryrun::write(&plan, cfg.format, &mut out).context("cannot write the plan to stdout")?;
@@ -39,22 +51,32 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
             quoted(&cfg.plan.instances)
         );
     }
+    let closing = health::prepare(&mut plan, state, &cfg.health, begun.start_wall);
     let mut history = History::start(&cfg.history, &plan, &begun);
     let report = supervise::run(&plan, &begun, &cfg.supervision, &mut history);
     // The supervisor armed the relay's own stop handlers as it finished
     // (this is for a supervisor that could not start): from here on a stop
     // signal ends the wait for readers, and scatter.
     relay::arm();
-    let report = report?;
+    let mut report = report?;
     let code = report.exit_code(&plan);
     // Problems with the history files are warnings; they never change the
     // outcome of the tasks.
-    history.finish(&report, code);
+    let settled = history.finish(&mut report, code, Some(closing));
     if let Some(sig) = report.stopped_by {
         relay::stopped_by(sig);
     }
+    // Changes only, when there is a state directory to tell them from
+    // repeats, and the run was not stopped (a stop is news of its own).
+    let changes_only = cfg.health.report == ReportMode::Changes
+        && settled.is_some()
+        && report.stopped_by.is_none();
+    if changes_only {
+        tell_changes(&report, cfg.format);
+    }
     let mut text = Vec::new();
     let stream = match cfg.format {
+        Format::Text if changes_only => Stream::Stderr,
         Format::Text => {
             report
                 .write_text(&plan, &mut text)
@@ -71,8 +93,8 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
     // The exit code is the tasks', whatever becomes of the report: a run
     // piped into a reader that went away still failed if a task failed.
     match relay::deliver(stream, text) {
-        Ok(()) => Ok(code),
-        Err(Undelivered::Stopped(sig)) => Ok(exit::SIGNAL_BASE.saturating_add(sig as u8)),
+        Ok(()) => {}
+        Err(Undelivered::Stopped(sig)) => return Ok(exit::SIGNAL_BASE.saturating_add(sig as u8)),
         Err(Undelivered::Failed(err)) => {
             let message = format!("cannot write the run report to {}: {err}", stream.name());
             if logging::structured() {
@@ -82,7 +104,48 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
                 Stream::Stderr,
                 format!("scatter: warning: {message}\n").into_bytes(),
             );
-            Ok(code)
         }
     }
+    if let (Some(program), Some(settled), None) =
+        (&cfg.health.on_change, &settled, report.stopped_by)
+    {
+        let hooks = Hooks {
+            program,
+            timeout: cfg.health.hook_timeout,
+            name: &cfg.plan.name,
+            state_dir: settled.state.path.clone(),
+        };
+        if let Some(sig) = hooks.fire(&settled.state, &settled.pending) {
+            return Ok(exit::SIGNAL_BASE.saturating_add(sig as u8));
+        }
+    }
+    Ok(code)
+}
+
+/// `--report changes`: one line per change and the summary, on stderr, or
+/// nothing at all when nothing changed. With syslog or the journal, each
+/// line is also a record of its own.
+fn tell_changes(report: &Report, format: Format) {
+    let now = unix_secs(std::time::SystemTime::now());
+    let lines: Vec<String> = report
+        .changes
+        .iter()
+        .filter_map(|c| health::line(c, now))
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    let mut text = String::new();
+    for line in &lines {
+        if logging::structured() {
+            warn!("{}", line.trim_start_matches("scatter: "));
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    if format == Format::Text {
+        text.push_str(&report.summary_line());
+        text.push('\n');
+    }
+    relay::report(Stream::Stderr, text.into_bytes());
 }

@@ -6,7 +6,7 @@
 //! keeps crontab lines short.
 
 use std::ffi::{OsStr, OsString};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,13 +14,15 @@ use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit;
+use crate::health::{Backoff, DEFAULT_BACKOFF_MAX, ReportMode};
+use crate::http::Method;
 use crate::logging::Sink;
 use crate::output::OutputMode;
 use crate::plan::Order;
-use crate::pressure::{self, Limit, Source};
-use crate::priority::{self, IoPriority};
 use crate::shard::{self, Shard};
-use crate::supervise::DeferAction;
+
+mod protect;
+pub use protect::{MAX_CATCH_UP, ProtectArgs};
 
 const ABOUT: &str =
     "Spread one task per instance directory evenly across a time window, each under its own lock";
@@ -44,13 +46,28 @@ The command is run directly, never through a shell. For shell syntax write:
 Each task also gets SCATTER_INSTANCE, SCATTER_INSTANCE_DIR, SCATTER_SLOT,
 SCATTER_WINDOW_START and SCATTER_LOCK_FD in its environment.
 
+Tenant health: --exclude GLOB leaves directories out (lost+found); `scatter
+pause ID` holds an instance back; --backoff 1m,1h attempts a failing instance
+less and less often; --report changes prints only changes (an instance starts
+failing, recovers, most instances fail at once); --on-change PROGRAM runs once
+per change with SCATTER_EVENT, SCATTER_INSTANCE, SCATTER_FAILURES,
+SCATTER_REASON, SCATTER_SINCE, SCATTER_NAME and SCATTER_STATE_DIR set.
+
 With --timeout, a task still running after DURATION gets SIGTERM sent to its
 whole process group, and SIGKILL --kill-after later. On SIGTERM, SIGINT or
 SIGHUP scatter stops starting tasks, forwards the signal to every task's
 group, and SIGKILLs what remains after --kill-after; a second signal kills
 at once.
 
+Instead of a command, --url makes one HTTP request per instance from scatter
+itself, with no process per instance. {} and {id} may appear only in its path
+and query, and are percent-encoded (as in header values and --data). A status
+below 400 is ok, 400 and above failed; redirects are not followed. With --url,
+--timeout defaults to 30s and --max-concurrent to 64; --kill-after does not
+apply, and --detach is refused.
+
 Examples:
+  scatter run --instances /srv/instances --url 'http://127.0.0.1/{}/checkmail.php'
   scatter run --instances /srv/instances -- curl -fsS http://127.0.0.1/{}/checkmail.php
   scatter run --instances /srv/instances --only acme -- ./checkmail {}
   scatter run --instances /srv/instances --dry-run --format json -- ./checkmail {}";
@@ -107,6 +124,12 @@ pub enum Command {
     /// Show runs in progress, tasks running now and each instance's last outcome.
     #[command(after_help = STATUS_AFTER)]
     Status(StatusArgs),
+    /// Hold instances back from the job's runs until resumed, or for a while.
+    #[command(after_help = PAUSE_AFTER)]
+    Pause(PauseArgs),
+    /// End pauses made by scatter pause.
+    #[command(after_help = PAUSE_AFTER)]
+    Resume(ResumeArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -170,6 +193,78 @@ pub enum SortKey {
     Rss,
     /// Run time of its last task.
     Duration,
+}
+
+const PAUSE_AFTER: &str = "\
+A paused instance gets the outcome `paused` in every run (neither a failure
+nor a start) until it is resumed or its --for runs out; `scatter run --only
+ID` still runs it. Pauses are kept in the job's state directory, found as
+scatter status finds it, so give the job the way scatter run was given it.
+An id that is not a single path component is refused; one starting with -
+goes after --:
+  scatter pause --name checkmail --for 2h --reason 'moving mailboxes' acme
+  scatter resume --name checkmail -- -odd-id
+  scatter resume --name checkmail --all
+
+Exit status:
+    0    done
+    2    nothing was changed: a usage error (an id that is not an instance,
+         a state directory no run has used; see --force), or the pauses
+         could not be read or written";
+
+/// Which job: as `scatter run` was given it, and where its state is.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// Job name, as given to scatter run (takes precedence over --instances).
+    #[arg(long, value_name = "NAME", env = "SCATTER_NAME",
+          value_parser = OsStringValueParser::new().try_map(parse_name))]
+    pub name: Option<OsString>,
+
+    /// The instances directory of the job; its basename is the job name.
+    #[arg(long, value_name = "DIR", env = "SCATTER_INSTANCES")]
+    pub instances: Option<PathBuf>,
+
+    /// State directory [default: /var/lib/scatter/NAME, else $XDG_STATE_HOME/scatter/NAME].
+    #[arg(long, value_name = "DIR", env = "SCATTER_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Use a state directory no run has written yet, and (pause) ids that
+    /// are not instances yet.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+
+    /// End the pause by itself after this long (default: when resumed).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_window)]
+    pub duration: Option<Duration>,
+
+    /// Why, for scatter status and the --on-change hook.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+
+    /// The instance ids to pause.
+    #[arg(required = true, value_name = "ID", value_parser = OsStringValueParser::new())]
+    pub ids: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+
+    /// End every pause of the job.
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+
+    /// The instance ids to resume.
+    #[arg(required_unless_present = "all", value_name = "ID",
+          value_parser = OsStringValueParser::new())]
+    pub ids: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
@@ -256,50 +351,109 @@ pub struct RunArgs {
           value_parser = OutputMode::parse)]
     pub output: OutputMode,
 
-    /// Hold due starts while the PSI "some avg10" of RESOURCE (cpu, memory or io) is above
-    /// PERCENT (repeatable, or comma-separated).
-    #[arg(long, value_name = "RESOURCE=PERCENT", env = "SCATTER_MAX_PRESSURE",
-          value_delimiter = ',', value_parser = Limit::parse)]
-    pub max_pressure: Vec<Limit>,
+    /// Pacing by the host's pressure, catching up, the tasks' priority.
+    #[command(flatten)]
+    pub protect: ProtectArgs,
 
-    /// Where PSI is read: system (/proc/pressure), cgroup (scatter's own cgroup v2 directory),
-    /// or a directory of RESOURCE.pressure files.
-    #[arg(long, value_name = "SOURCE", default_value = "system", env = "SCATTER_PRESSURE_SOURCE",
-          value_parser = Source::parse)]
-    pub pressure_source: Source,
+    /// Run only instances whose id matches this shell-style glob (repeatable).
+    #[arg(long, value_name = "GLOB", env = "SCATTER_INCLUDE")]
+    pub include: Vec<String>,
 
-    /// Hold due starts while the 1-minute load average per online CPU is above LOAD.
-    #[arg(long, value_name = "LOAD", env = "SCATTER_MAX_LOAD", value_parser = pressure::parse_load)]
-    pub max_load: Option<f64>,
+    /// Leave out instances whose id matches this glob, such as 'lost+found' (repeatable).
+    #[arg(long, value_name = "GLOB", env = "SCATTER_EXCLUDE")]
+    pub exclude: Vec<String>,
 
-    /// How long past its slot a start may wait for pressure to fall [default: half the window].
-    #[arg(long, value_name = "DURATION", env = "SCATTER_MAX_DEFER", value_parser = parse_duration)]
-    pub max_defer: Option<Duration>,
+    /// After k failures in a row, attempt an instance at most once per
+    /// BASE*2^(k-1), up to MAX (default 1h), e.g. 1m,1h.
+    #[arg(long, value_name = "BASE[,MAX]", env = "SCATTER_BACKOFF", value_parser = parse_backoff)]
+    pub backoff: Option<Backoff>,
 
-    /// Past --max-defer: skip the start (outcome deferred, not a failure), or start it anyway
-    /// with a warning.
-    #[arg(long, value_enum, value_name = "ACTION", default_value_t = DeferAction::Skip,
-          env = "SCATTER_MAX_DEFER_ACTION")]
-    pub max_defer_action: DeferAction,
+    /// Report every failure (every), or only changes (changes): an instance
+    /// starts failing, recovers, a widespread failure begins or ends.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = ReportMode::Every,
+          env = "SCATTER_REPORT")]
+    pub report: ReportMode,
 
-    /// Once behind schedule (after a stall, the cap or pressure), start at most FACTOR times the
-    /// planned rate until caught up.
-    #[arg(long, value_name = "FACTOR", default_value = "4", env = "SCATTER_CATCH_UP",
-          value_parser = parse_factor)]
-    pub catch_up: f64,
+    /// An instance is failing (for --report changes and --on-change) after
+    /// N failures in a row.
+    #[arg(long, value_name = "N", default_value = "1", env = "SCATTER_FAILURES_BEFORE_REPORT",
+          value_parser = parse_failures)]
+    pub failures_before_report: NonZeroU32,
 
-    /// Nice value of each task's process group, -20 to 19 (scatter's own is unchanged).
-    #[arg(long, value_name = "N", env = "SCATTER_NICE", allow_negative_numbers = true,
-          value_parser = priority::parse_nice)]
-    pub nice: Option<i32>,
+    /// Report again every DURATION that an instance (or a widespread
+    /// failure) is still failing [default: never].
+    #[arg(long, value_name = "DURATION", env = "SCATTER_REMIND", value_parser = parse_window)]
+    pub remind: Option<Duration>,
 
-    /// I/O priority of each task's process group: idle, best-effort[:LEVEL] or
-    /// realtime[:LEVEL], LEVEL 0 (highest) to 7, default 4.
-    #[arg(long, value_name = "CLASS[:LEVEL]", env = "SCATTER_IONICE", value_parser = IoPriority::parse)]
-    pub ionice: Option<IoPriority>,
+    /// Run this executable once per change, after the run, with no
+    /// arguments and no shell; SCATTER_EVENT and others describe the change.
+    #[arg(long, value_name = "PROGRAM", env = "SCATTER_ON_CHANGE")]
+    pub on_change: Option<PathBuf>,
 
-    /// The task to run for each instance, after `--`.
-    #[arg(last = true, required = true, value_name = "COMMAND",
+    /// Kill an --on-change hook's whole process group after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "SCATTER_HOOK_TIMEOUT",
+          value_parser = parse_window)]
+    pub hook_timeout: Duration,
+
+    /// With --dry-run: read the state directory and show what a real run
+    /// would do now (paused and backed-off instances).
+    #[arg(long, requires = "dry_run", env = "SCATTER_WITH_STATE")]
+    pub with_state: bool,
+
+    /// Instead of a command: make this HTTP request for each instance, from
+    /// scatter itself ({} and {id}, percent-encoded, only in the path and query).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SCATTER_URL",
+        conflicts_with = "command",
+        help_heading = "Requests (--url)"
+    )]
+    pub url: Option<String>,
+
+    /// With --url: GET (the default; POST with --data), HEAD or POST.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "METHOD",
+        env = "SCATTER_METHOD",
+        requires = "url",
+        ignore_case = true,
+        help_heading = "Requests (--url)"
+    )]
+    pub method: Option<Method>,
+
+    /// With --url: send this header too, 'Name: value' (repeatable; {} percent-encoded).
+    #[arg(
+        long = "header",
+        value_name = "HEADER",
+        requires = "url",
+        help_heading = "Requests (--url)"
+    )]
+    pub headers: Vec<String>,
+
+    /// With --url: send this body, as curl's --data ({} percent-encoded, %20 not +).
+    #[arg(
+        long,
+        value_name = "STRING",
+        env = "SCATTER_DATA",
+        requires = "url",
+        help_heading = "Requests (--url)"
+    )]
+    pub data: Option<String>,
+
+    /// With an https:// --url: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SCATTER_CACERT",
+        requires = "url",
+        help_heading = "Requests (--url)"
+    )]
+    pub cacert: Option<PathBuf>,
+
+    /// The task to run for each instance, after `--` (not with --url).
+    #[arg(last = true, required_unless_present = "url", value_name = "COMMAND",
           value_parser = OsStringValueParser::new(), num_args = 1..)]
     pub command: Vec<OsString>,
 }
@@ -346,6 +500,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `BASE[,MAX]`: two durations greater than zero, MAX at least BASE; MAX
+/// defaults to [`DEFAULT_BACKOFF_MAX`], or BASE if that is longer.
+pub fn parse_backoff(s: &str) -> Result<Backoff, String> {
+    let (base, max) = match s.split_once(',') {
+        Some((base, max)) => (parse_window(base)?, Some(parse_window(max)?)),
+        None => (parse_window(s)?, None),
+    };
+    let max = max.unwrap_or(DEFAULT_BACKOFF_MAX.max(base));
+    if max < base {
+        return Err(format!(
+            "{s:?}: MAX is shorter than BASE; give BASE,MAX such as 1m,1h"
+        ));
+    }
+    Ok(Backoff { base, max })
+}
+
+fn parse_failures(s: &str) -> Result<NonZeroU32, String> {
+    match s.trim().parse::<u32>().map(NonZeroU32::new) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err("0 failures would report before anything failed; give at least 1".into()),
+        Err(_) => Err(format!(
+            "{s:?} is not a number of failures; give a whole number such as 3"
+        )),
+    }
+}
+
 fn parse_cap(s: &str) -> Result<NonZeroUsize, String> {
     match s.trim().parse::<usize>().map(NonZeroUsize::new) {
         Ok(Some(n)) => Ok(n),
@@ -354,14 +534,6 @@ fn parse_cap(s: &str) -> Result<NonZeroUsize, String> {
             "{s:?} is not a number of tasks; give a whole number such as 50"
         )),
     }
-}
-
-/// The largest `--catch-up` factor: beyond it the rule lets any burst by.
-pub const MAX_CATCH_UP: f64 = 1e6;
-
-fn parse_factor(s: &str) -> Result<f64, String> {
-    crate::lenient::number_in(s.trim(), 1.0..=MAX_CATCH_UP)
-        .ok_or_else(|| format!("{s:?} is not a factor; give a number from 1 to 1000000, such as 4"))
 }
 
 fn parse_top(s: &str) -> Result<NonZeroUsize, String> {
@@ -392,108 +564,4 @@ fn parse_name(s: OsString) -> Result<OsString, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_window("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_window("1m 30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_window("500ms").unwrap(), Duration::from_millis(500));
-        assert!(parse_window("0s").unwrap_err().contains("zero"));
-        assert!(parse_window("-5s").unwrap_err().contains("negative"));
-        assert!(
-            parse_window("1 fortnight")
-                .unwrap_err()
-                .contains("fortnight")
-        );
-        assert!(parse_window("60").is_err());
-        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("1y").unwrap(), MAX_DURATION);
-        for huge in ["1y 1s", "300000000000y", "18446744073709551615s"] {
-            let err = parse_duration(huge).unwrap_err();
-            assert!(err.contains(huge), "{err}");
-        }
-    }
-
-    #[test]
-    fn caps() {
-        assert_eq!(parse_cap("3").unwrap().get(), 3);
-        assert!(parse_cap("0").unwrap_err().contains("at least 1"));
-        assert!(parse_cap("-1").is_err());
-    }
-
-    #[test]
-    fn factors() {
-        assert_eq!(parse_factor("4").unwrap(), 4.0);
-        assert_eq!(parse_factor("1.5").unwrap(), 1.5);
-        for bad in ["0", "0.5", "-4", "NaN", "inf", "1e3", "2000000", "x"] {
-            assert!(parse_factor(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn tops() {
-        assert!(parse_top("0").is_err());
-        assert!(parse_top("-1").is_err());
-        assert_eq!(parse_top("3").unwrap().get(), 3);
-    }
-
-    #[test]
-    fn a_negative_nice_value_is_a_value() {
-        let cli = Cli::try_parse_from([
-            "scatter",
-            "run",
-            "--instances",
-            "/i",
-            "--nice",
-            "-5",
-            "--",
-            "true",
-        ])
-        .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
-        assert_eq!(args.nice, Some(-5));
-        assert_eq!(args.catch_up, 4.0);
-        assert_eq!(args.pressure_source, Source::System);
-        let cli = Cli::try_parse_from([
-            "scatter",
-            "run",
-            "--instances",
-            "/i",
-            "--max-pressure",
-            "cpu=60,io=40",
-            "--max-pressure",
-            "memory=10",
-            "--",
-            "true",
-        ])
-        .unwrap();
-        let Command::Run(args) = cli.command else {
-            panic!("not run")
-        };
-        assert_eq!(args.max_pressure.len(), 3);
-    }
-
-    #[test]
-    fn names() {
-        assert!(parse_name("checkmail".into()).is_ok());
-        assert!(parse_name("a/b".into()).unwrap_err().contains('/'));
-        assert!(parse_name("..".into()).is_err());
-        assert!(parse_name("".into()).is_err());
-    }
-
-    #[test]
-    fn help_lists_exit_codes() {
-        let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("Exit status:"), "{help}");
-    }
-}
+mod tests;

@@ -17,6 +17,8 @@ use log::warn;
 use crate::cli::{Format, RunArgs};
 use crate::display::quoted;
 use crate::exit::{self, Fatal};
+use crate::filter::Filter;
+use crate::health;
 use crate::history;
 use crate::lock;
 use crate::output::OutputMode;
@@ -27,6 +29,9 @@ use crate::shard::Shard;
 use crate::state;
 use crate::supervise::Options;
 use crate::template::Template;
+
+mod request;
+pub use request::{DEFAULT_CAP, DEFAULT_TIMEOUT};
 
 /// A validated `scatter run`.
 #[derive(Debug)]
@@ -41,11 +46,19 @@ pub struct RunConfig {
     pub supervision: Options,
     /// Where the run's records and metrics go.
     pub history: history::Spec,
+    /// Back-off, what to report, the `--on-change` hook.
+    pub health: health::Spec,
+    /// `--with-state`: the dry run shows what a real run would do now.
+    pub with_state: bool,
 }
 
 impl RunConfig {
     pub fn from_args(args: RunArgs) -> Result<RunConfig> {
-        let template = Template::parse(&args.command)?;
+        let request = request::from_args(&args)?;
+        let template = match &request {
+            Some(_) => Template::none(),
+            None => Template::parse(&args.command)?,
+        };
         let program = match template.fixed_program() {
             Some(name) => resolve_program(&name, args.dry_run)?,
             None => None,
@@ -78,8 +91,11 @@ impl RunConfig {
         // `--only` runs at once, whatever the pressure: a manual run does
         // what it is told, so its pressure flags are not even checked.
         let pressure = if args.only.is_empty() {
-            match pressure::Spec::resolve(&args.max_pressure, &args.pressure_source, args.max_load)
-            {
+            match pressure::Spec::resolve(
+                &args.protect.max_pressure,
+                &args.protect.pressure_source,
+                args.protect.max_load,
+            ) {
                 Ok(spec) => spec,
                 // CI may check plans on a machine without PSI.
                 Err(err) if args.dry_run => {
@@ -91,22 +107,43 @@ impl RunConfig {
         } else {
             None
         };
-        let supervision = Options {
+        let filter = Filter::new(&args.include, &args.exclude)?;
+        let on_change = args
+            .on_change
+            .as_deref()
+            .map(|hook| resolve_hook(hook, args.dry_run))
+            .transpose()?
+            .flatten();
+        let health = health::Spec {
+            backoff: args.backoff,
+            report: args.report,
+            failures_before_report: args.failures_before_report.get(),
+            remind: args.remind,
+            on_change,
+            hook_timeout: args.hook_timeout,
+        };
+        let mut supervision = Options {
             max_concurrent: args.max_concurrent,
             timeout: args.timeout,
             kill_after: args.kill_after,
             detach: args.detach,
             output,
-            log_failures: crate::logging::structured(),
-            catch_up: args.catch_up,
+            // With --report changes, failures are logged as changes, at the
+            // end of the run, not one record per failure.
+            log_failures: crate::logging::structured() && args.report == health::ReportMode::Every,
+            tls: None,
+            catch_up: args.protect.catch_up,
             pressure,
-            max_defer: Some(args.max_defer.unwrap_or(args.window / 2)),
-            defer_action: args.max_defer_action,
+            max_defer: Some(args.protect.max_defer.unwrap_or(args.window / 2)),
+            defer_action: args.protect.max_defer_action,
             priority: Priority {
-                nice: args.nice,
-                io: args.ionice,
+                nice: args.protect.nice,
+                io: args.protect.ionice,
             },
         };
+        if let Some(request) = &request {
+            request.apply(&mut supervision);
+        }
         let shard = Shard::select(args.shard, args.shards)?;
         let lock_base = lock::base_path(args.lock_dir.as_deref())?;
         let lock_dir = lock::job_dir(&lock_base, &name);
@@ -136,6 +173,8 @@ impl RunConfig {
                 shard,
                 template,
                 program,
+                request: request.map(|r| r.template),
+                filter,
             },
             lock_base,
             dry_run: args.dry_run,
@@ -146,7 +185,31 @@ impl RunConfig {
                 keep_runs: args.keep_runs,
                 metrics_file,
             },
+            health,
+            with_state: args.with_state,
         })
+    }
+}
+
+/// Checks `--on-change` once, before anything runs: an executable file,
+/// by its path (or found in PATH when it is a bare name). A dry run only
+/// warns, as for the command.
+fn resolve_hook(hook: &Path, dry_run: bool) -> Result<Option<PathBuf>> {
+    let found = which::which(hook)
+        .map_err(|_| ())
+        .and_then(|path| std::path::absolute(&path).map_err(|_| ()));
+    match found {
+        Ok(path) => Ok(Some(path)),
+        Err(()) if dry_run => {
+            warn!("--on-change {}: not found or not executable on this machine", quoted(hook));
+            Ok(None)
+        }
+        Err(()) => Err(Fatal::usage(format!(
+            "--on-change {}: not found or not executable",
+            quoted(hook)
+        ))
+        .hint("give the path of an executable file (it is run directly, never through a shell), such as /usr/local/lib/scatter/notify")
+        .into()),
     }
 }
 

@@ -6,19 +6,23 @@
 //! thread, so it never delays a start.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::ffi::OsString;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use log::warn;
 
 use crate::display::unix_secs;
+use crate::health::{self, Closing, Verdict};
 use crate::idcode::encode_id;
 use crate::metrics;
-use crate::outcome::{Outcome, RunState, TaskResult};
+use crate::outcome::{Kind, Outcome, RunState, TaskResult};
 use crate::plan::Plan;
 use crate::platform;
 use crate::report::Report;
-use crate::state::{self, Event, InstanceRecord, Progress, RunRecord, StateDir, Trigger, Writer};
+use crate::state::{
+    self, Event, InstanceRecord, Notice, Progress, RunRecord, StateDir, Trigger, Writer,
+};
 use crate::supervise::{Observer, RunStart};
 
 /// Where a run's history goes.
@@ -32,10 +36,24 @@ pub struct Spec {
     pub metrics_file: Option<std::path::PathBuf>,
 }
 
+/// What the end of a run decided about health, when it has a state
+/// directory to remember it in.
+pub struct Settled {
+    /// The changes this run recorded, in order.
+    pub changes: Vec<Notice>,
+    /// Every change still queued for the `--on-change` hook, oldest first
+    /// (this run's and any an earlier run left).
+    pub pending: Vec<Notice>,
+    /// Where the queue is, to take changes off it.
+    pub state: StateDir,
+}
+
 pub struct History<'a> {
     plan: &'a Plan,
     trigger: Trigger,
     writer: Option<Writer>,
+    /// The state directory the writer writes to.
+    state: Option<StateDir>,
     /// The run record, shared with the writer thread.
     run: Arc<Progress>,
     /// This run's records, kept in memory for the metrics file only when
@@ -74,11 +92,11 @@ impl<'a> History<'a> {
             state: RunState::Running,
             ..RunRecord::default()
         });
-        let writer = cfg.state_dir.as_deref().and_then(|path| {
-            match StateDir::create(path)
-                .and_then(|dir| Writer::start(dir, Arc::clone(&run), cfg.keep_runs))
-            {
-                Ok(writer) => Some(writer),
+        let started = cfg.state_dir.as_deref().and_then(|path| {
+            match StateDir::create(path).and_then(|dir| {
+                Writer::start(dir.clone(), Arc::clone(&run), cfg.keep_runs).map(|w| (w, dir))
+            }) {
+                Ok(started) => Some(started),
                 Err(err) => {
                     // One line: the reason, what it costs, and what to do.
                     let hint = crate::exit::fatal_of(&err)
@@ -89,11 +107,13 @@ impl<'a> History<'a> {
                 }
             }
         });
+        let (writer, state) = started.map_or((None, None), |(w, d)| (Some(w), Some(d)));
         let local = (writer.is_none() && cfg.metrics_file.is_some()).then(BTreeMap::new);
         History {
             plan,
             trigger,
             writer,
+            state,
             run,
             local,
             metrics_file: cfg.metrics_file.clone(),
@@ -103,10 +123,24 @@ impl<'a> History<'a> {
 
     /// Writes the final run record and the metrics file. Problems are
     /// logged as warnings as they happen (one per kind); they cost the
-    /// history, never the run's outcome, so nothing is returned.
-    pub fn finish(mut self, report: &Report, exit_code: u8) {
+    /// history, never the run's outcome.
+    ///
+    /// With `closing`, the last merge of the instance records also settles
+    /// the run's health ([`health::settle`]): `report` learns whether the
+    /// run was a widespread failure and the changes it recorded, which are
+    /// returned with the hook's queue. `None` when there is no state
+    /// directory to remember them in, or it could not be written.
+    pub fn finish(
+        mut self,
+        report: &mut Report,
+        exit_code: u8,
+        closing: Option<Closing>,
+    ) -> Option<Settled> {
         let ended = SystemTime::now();
+        report.widespread = !self.plan.manual && Verdict::of(&report.results).widespread();
+        let widespread = report.widespread;
         self.run.update(|run| {
+            run.widespread = widespread;
             run.state = if report.stopped_by.is_some() {
                 RunState::Aborted
             } else {
@@ -120,18 +154,42 @@ impl<'a> History<'a> {
             run.held_since = None;
             run.delayed_by_pressure = report.pressure.delayed;
         });
-        // After a full run, records of instances that no longer exist go.
-        // A shard sees only part of the instances, so it never prunes.
+        // After a full run, records of instances that no longer exist go
+        // (those --include/--exclude leave out still exist). A shard sees
+        // only part of the instances, so it never prunes.
         let keep = (!self.plan.manual && self.plan.shard.is_none()).then(|| {
-            let mut keys: Vec<String> =
-                self.plan.entries.iter().map(|e| encode_id(&e.id)).collect();
+            let planned = self.plan.entries.iter().map(|e| &e.id);
+            let mut keys: Vec<String> = planned
+                .chain(&self.plan.excluded)
+                .map(|id| encode_id(id))
+                .collect();
             keys.sort();
             keys
         });
-        let merged = self
+        let changes = Arc::new(Mutex::new(None));
+        let settle = closing.map(|closing| {
+            let results: Vec<(OsString, Kind)> = (self.plan.entries.iter())
+                .zip(&report.results)
+                .map(|(e, r)| (e.id.clone(), r.outcome.kind()))
+                .collect();
+            let out = Arc::clone(&changes);
+            let now = unix_secs(ended);
+            Box::new(move |file: &mut state::InstancesFile| {
+                let settled = health::settle(file, &closing, &results, now);
+                if let Ok(mut out) = out.lock() {
+                    *out = Some(settled);
+                }
+            }) as state::Settle
+        });
+        let written = self
             .writer
             .take()
-            .and_then(|writer| writer.finish(keep).instances);
+            .map(|writer| writer.finish_settled(keep, settle));
+        let changes = changes.lock().ok().and_then(|mut c| c.take());
+        if let Some(changes) = &changes {
+            report.changes = changes.clone();
+        }
+        let (merged, pending) = written.map_or((None, Vec::new()), |w| (w.instances, w.pending));
         let empty = BTreeMap::new();
         if let Some(path) = &self.metrics_file {
             let name = self.plan.name.to_string_lossy();
@@ -146,6 +204,11 @@ impl<'a> History<'a> {
                 warn!("cannot write the metrics file: {err:#}");
             }
         }
+        Some(Settled {
+            changes: changes?,
+            pending,
+            state: self.state.take()?,
+        })
     }
 }
 

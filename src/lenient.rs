@@ -49,6 +49,15 @@ pub fn secs_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(secs(d)?.unwrap_or(0.0))
 }
 
+/// An HTTP status, if it is one (100 to 999): anything else reads as
+/// absent.
+pub fn http_status<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    Ok(Value::deserialize(d)?
+        .as_u64()
+        .filter(|s| (100..=999).contains(s))
+        .and_then(|s| u16::try_from(s).ok()))
+}
+
 /// A count: negative reads as 0, too large as the type's maximum.
 pub fn count<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -130,6 +139,80 @@ where
     }
 
     d.deserialize_any(Records(std::marker::PhantomData))
+}
+
+/// The most items [`items`] keeps from one list.
+pub const MAX_ITEMS: usize = 10_000;
+
+/// A list whose items are read one at a time: an item of the wrong shape is
+/// dropped, the others are kept, and anything but a list reads as empty.
+/// At most [`MAX_ITEMS`] are kept; the rest are read past, not held.
+pub fn items<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    struct Items<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: DeserializeOwned> serde::de::Visitor<'de> for Items<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(value) = seq.next_element::<Value>()? {
+                if out.len() < MAX_ITEMS
+                    && let Ok(item) = T::deserialize(value)
+                {
+                    out.push(item);
+                }
+            }
+            Ok(out)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            while map
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(Vec::new())
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+    }
+
+    d.deserialize_any(Items(std::marker::PhantomData))
 }
 
 /// The largest amount a record may name (kibibytes of memory and the
@@ -247,6 +330,22 @@ mod tests {
     }
 
     #[test]
+    fn http_statuses_are_three_digits_or_absent() {
+        #[derive(Deserialize)]
+        struct H {
+            #[serde(deserialize_with = "http_status")]
+            s: Option<u16>,
+        }
+        let h = |json: &str| serde_json::from_str::<H>(json).unwrap().s;
+        assert_eq!(h(r#"{"s":404}"#), Some(404));
+        for bad in [
+            "99", "1000", "65936", "-404", "404.5", "\"404\"", "1e300", "null",
+        ] {
+            assert_eq!(h(&format!(r#"{{"s":{bad}}}"#)), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn counts_saturate_instead_of_wrapping() {
         assert_eq!(r(r#"{"n":4294967295}"#).n, u32::MAX);
         assert_eq!(r(r#"{"n":18446744073709551615}"#).n, u32::MAX);
@@ -323,5 +422,23 @@ mod tests {
         assert_eq!(f.all["a"].n, 1);
         assert_eq!(f.all["b"], R::default());
         assert_eq!(f.all["c"].n, 0);
+    }
+
+    #[test]
+    fn a_bad_item_costs_only_itself_and_lists_are_bounded() {
+        #[derive(Deserialize)]
+        struct L {
+            #[serde(deserialize_with = "items")]
+            list: Vec<u32>,
+        }
+        let l: L = serde_json::from_str(r#"{"list":[1,"x",{},3,-1]}"#).unwrap();
+        assert_eq!(l.list, [1, 3]);
+        for other in ["7", "null", "{\"a\":1}", "\"s\"", "true"] {
+            let l: L = serde_json::from_str(&format!(r#"{{"list":{other}}}"#)).unwrap();
+            assert!(l.list.is_empty(), "{other}");
+        }
+        let many = format!("{{\"list\":[{}]}}", vec!["1"; MAX_ITEMS + 5].join(","));
+        let l: L = serde_json::from_str(&many).unwrap();
+        assert_eq!(l.list.len(), MAX_ITEMS);
     }
 }

@@ -5,14 +5,14 @@
 //! everything else is in these modules, one responsibility each, in layers
 //! that depend only downwards (the README's module table lists them):
 //!
-//! * top: `app`, `status`, `docs`, `config` (the one module that knows both
-//!   the flags and the domain) and `cli` (the clap definition);
-//! * engine and records: `supervise`, `reclaim`, `history`, `state`,
-//!   `metrics`, `report`, `dryrun`;
-//! * domain: `plan`, `discovery`, `template`, `shard`, `lock`, `output`,
-//!   `spawn`, `pressure`, `priority`;
-//! * leaves: `outcome`, `safedir`, `relay`, `logging`, `platform`,
-//!   `idcode`, `idhash`, `lenient`, `display`, `exit`.
+//! * top: `app`, `status`, `pause`, `docs`, `config` (the one module that
+//!   knows both the flags and the domain) and `cli` (the clap definition);
+//! * engine and records: `supervise`, `reclaim`, `history`, `health`,
+//!   `hook`, `state`, `metrics`, `report`, `dryrun`;
+//! * domain: `plan`, `filter`, `discovery`, `template`, `shard`, `lock`,
+//!   `output`, `http`, `spawn`, `pressure`, `priority`;
+//! * leaves: `outcome`, `transition`, `safedir`, `relay`, `logging`,
+//!   `platform`, `idcode`, `idhash`, `lenient`, `display`, `exit`.
 
 // A panic on a runtime path leaves tasks unsupervised: outside tests,
 // fallible calls are handled, never unwrapped.
@@ -29,7 +29,11 @@ pub mod display;
 pub mod docs;
 pub mod dryrun;
 pub mod exit;
+pub mod filter;
+pub mod health;
 pub mod history;
+pub mod hook;
+pub mod http;
 pub mod idcode;
 pub mod idhash;
 pub mod lenient;
@@ -38,6 +42,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outcome;
 pub mod output;
+pub mod pause;
 pub mod plan;
 pub mod platform;
 pub mod pressure;
@@ -54,3 +59,4 @@ pub mod state;
 pub mod status;
 pub mod supervise;
 pub mod template;
+pub mod transition;

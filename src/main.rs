@@ -7,7 +7,7 @@ use clap::Parser;
 use scatter::cli::{Cli, Command};
 use scatter::relay::{self, Stream};
 use scatter::supervise::RunStart;
-use scatter::{app, docs, exit, logging, status};
+use scatter::{app, docs, exit, logging, pause, status};
 
 fn main() -> ExitCode {
     // Taken first, so that scatter's own start-up counts against the window.
@@ -17,6 +17,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => app::run(args, begun),
         Command::Status(args) => status::run(args),
+        Command::Pause(args) => pause::pause(args),
+        Command::Resume(args) => pause::resume(args),
         Command::Completions { shell } => {
             docs::completions(shell, &mut std::io::stdout().lock());
             Ok(exit::OK)

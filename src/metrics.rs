@@ -97,6 +97,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
                 .map_or(0.0, |(_, l)| l.as_secs_f64()),
         )],
     );
+    gauge(
+        &mut out,
+        "scatter_run_widespread_failure",
+        "1 if most of the last run's attempts failed (likely a shared service), else 0.",
+        &[(job.clone(), f64::from(u8::from(s.report.widespread)))],
+    );
     let label = |key: &str| format!("{job},instance_id=\"{}\"", escape(key_id(s.instances, key)));
     let per_instance = |f: &dyn Fn(&InstanceRecord) -> Option<f64>| -> Vec<(String, f64)> {
         s.instances
@@ -111,6 +117,16 @@ pub fn render(s: &Snapshot<'_>) -> String {
         &per_instance(&|r| {
             r.last_outcome()
                 .and_then(|o| o.shell_status())
+                .map(f64::from)
+        }),
+    );
+    gauge(
+        &mut out,
+        "scatter_instance_last_http_status",
+        "HTTP status of the instance's last request, when it failed with one (--url).",
+        &per_instance(&|r| {
+            r.last_outcome()
+                .and_then(|o| o.http_status())
                 .map(f64::from)
         }),
     );
@@ -131,6 +147,24 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "scatter_instance_consecutive_failures",
         "Failures of the instance in a row.",
         &per_instance(&|r| Some(f64::from(r.consecutive_failures))),
+    );
+    gauge(
+        &mut out,
+        "scatter_instance_backoff_level",
+        "Failures of the instance in a row outside widespread failures: its --backoff level.",
+        &per_instance(&|r| Some(f64::from(r.backoff_level))),
+    );
+    gauge(
+        &mut out,
+        "scatter_instance_next_attempt_timestamp_seconds",
+        "When --backoff next lets the failing instance be attempted, in unix seconds.",
+        &per_instance(&|r| r.next_attempt),
+    );
+    gauge(
+        &mut out,
+        "scatter_instance_paused",
+        "1 if the instance was paused when the last run reached it, else 0.",
+        &per_instance(&|r| Some(f64::from(u8::from(r.paused_since.is_some())))),
     );
     render_costs(&mut out, s, &job, &label);
     out

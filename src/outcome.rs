@@ -67,6 +67,20 @@ pub enum Outcome {
     NotStarted,
     /// Started under `--detach`; its end was not waited for.
     Detached,
+    /// `--url`: the server answered with this status, 400 or above (a
+    /// failure, as `curl -f` judges it).
+    HttpStatus(u16),
+    /// `--url`: the request failed before a status arrived (connection,
+    /// TLS or protocol error), for this reason.
+    RequestFailed(String),
+    /// Not attempted: `scatter pause` holds it (the text says by whom,
+    /// until when and why). Neither a failure nor a start.
+    Paused(String),
+    /// Not attempted: it is failing, and its `--backoff` delay has not
+    /// passed. The next attempt is due then (`None` only when rebuilt from
+    /// a record that does not keep it). Not a failure of this run, though
+    /// the instance still counts as failing.
+    BackedOff(Option<SystemTime>),
     /// Not started: the host stayed under pressure (`--max-pressure`,
     /// `--max-load`) for longer than `--max-defer` past its slot. Not a
     /// failure; the next run tries again.
@@ -84,6 +98,8 @@ pub enum Kind {
     Skipped,
     NotStarted,
     Detached,
+    Paused,
+    BackedOff,
     Deferred,
     /// A name this build does not know (written by a newer release, or
     /// crafted). Never written.
@@ -92,7 +108,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind a run can produce, in the order summaries list them.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Ok,
         Kind::Failed,
         Kind::Killed,
@@ -101,6 +117,8 @@ impl Kind {
         Kind::Skipped,
         Kind::NotStarted,
         Kind::Detached,
+        Kind::Paused,
+        Kind::BackedOff,
         Kind::Deferred,
     ];
 
@@ -115,6 +133,8 @@ impl Kind {
             Kind::Skipped => "skipped",
             Kind::NotStarted => "not_started",
             Kind::Detached => "detached",
+            Kind::Paused => "paused",
+            Kind::BackedOff => "backed_off",
             Kind::Deferred => "deferred",
             Kind::Unknown => "unknown",
         }
@@ -139,6 +159,13 @@ impl Kind {
             self,
             Kind::Failed | Kind::Killed | Kind::TimedOut | Kind::FailedToStart
         )
+    }
+
+    /// Whether the run tried to start the instance: its task ran (or
+    /// could not start), so the outcome says something about its health.
+    /// Skips, holds, detached and not-started tasks say nothing.
+    pub fn attempted(self) -> bool {
+        self == Kind::Ok || self.is_failure()
     }
 }
 
@@ -172,6 +199,9 @@ impl Outcome {
             Outcome::FailedToStart { .. } => Kind::FailedToStart,
             Outcome::NotStarted => Kind::NotStarted,
             Outcome::Detached => Kind::Detached,
+            Outcome::HttpStatus(_) | Outcome::RequestFailed(_) => Kind::Failed,
+            Outcome::Paused(_) => Kind::Paused,
+            Outcome::BackedOff(_) => Kind::BackedOff,
             Outcome::Deferred => Kind::Deferred,
         }
     }
@@ -198,12 +228,34 @@ impl Outcome {
         }
     }
 
-    /// Why it was skipped or could not start.
+    /// Why it was skipped, held, could not start, or (a request) failed.
     pub fn reason(&self) -> Option<String> {
         match self {
             Outcome::Skipped(skip) => Some(skip.reason()),
             Outcome::FailedToStart { reason, .. } => Some(reason.clone()),
+            Outcome::RequestFailed(reason) => Some(reason.clone()),
+            Outcome::Paused(reason) => Some(reason.clone()),
+            Outcome::BackedOff(next) => Some(match next {
+                Some(at) => format!("failing; next attempt at {}", clock(*at)),
+                None => "failing; next attempt unknown".to_string(),
+            }),
             Outcome::Deferred => Some(DEFERRED_REASON.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of a request that failed with one.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Outcome::HttpStatus(status) => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// When a backed-off instance is next attempted.
+    pub fn next_attempt(&self) -> Option<SystemTime> {
+        match self {
+            Outcome::BackedOff(next) => *next,
             _ => None,
         }
     }
@@ -214,6 +266,8 @@ impl Outcome {
         match self {
             Outcome::TimedOut => Some(i32::from(exit::TIMED_OUT)),
             Outcome::Killed(sig) => Some(i32::from(exit::SIGNAL_BASE).saturating_add(*sig)),
+            // A request that failed: what `--only ID` exits with.
+            Outcome::HttpStatus(_) | Outcome::RequestFailed(_) => Some(i32::from(exit::FAILURE)),
             other => other.exit_code(),
         }
     }
@@ -239,9 +293,30 @@ impl Outcome {
             )),
             Kind::NotStarted => Outcome::NotStarted,
             Kind::Detached => Outcome::Detached,
+            Kind::Paused => Outcome::Paused(reason.unwrap_or("paused").to_string()),
+            Kind::BackedOff => Outcome::BackedOff(None),
             Kind::Deferred => Outcome::Deferred,
             Kind::Unknown => return None,
         })
+    }
+
+    /// Like [`Outcome::from_parts`], for a record that may also keep an
+    /// HTTP status: a failure with a status, or with a reason but no exit
+    /// code, was a request's.
+    pub fn from_record(
+        kind: Kind,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        reason: Option<&str>,
+        http_status: Option<u16>,
+    ) -> Option<Outcome> {
+        match (kind, http_status, exit_code, reason) {
+            (Kind::Failed, Some(status), _, _) => Some(Outcome::HttpStatus(status)),
+            (Kind::Failed, None, None, Some(reason)) => {
+                Some(Outcome::RequestFailed(reason.to_string()))
+            }
+            _ => Outcome::from_parts(kind, exit_code, signal, reason),
+        }
     }
 
     /// One line describing the outcome, without the id: `exited with status
@@ -263,9 +338,18 @@ impl Outcome {
             Outcome::Skipped(skip) => format!("skipped: {}", skip.reason()),
             Outcome::NotStarted => "not started".to_string(),
             Outcome::Detached => format!("detached{after}"),
+            Outcome::HttpStatus(status) => format!("HTTP status {status}{after}"),
+            Outcome::RequestFailed(reason) => format!("request failed{after}: {reason}"),
+            Outcome::Paused(reason) => reason.clone(),
+            Outcome::BackedOff(_) => format!("backed off: {}", self.reason().unwrap_or_default()),
             Outcome::Deferred => format!("deferred: {DEFERRED_REASON}"),
         }
     }
+}
+
+/// A wall-clock time for messages: RFC 3339 in UTC, to the second.
+pub fn clock(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Why an instance was deferred, as reports and records say it.
@@ -298,10 +382,11 @@ impl TaskResult {
     }
 
     /// The report line for this instance, without the id; `None` for
-    /// outcomes that need no line (ok, not started, detached).
+    /// outcomes that need no line (ok, not started, detached, paused: a
+    /// pause is the operator's own doing).
     pub fn report_line(&self, timeout: Option<Duration>) -> Option<String> {
         match self.outcome {
-            Outcome::Ok | Outcome::NotStarted | Outcome::Detached => None,
+            Outcome::Ok | Outcome::NotStarted | Outcome::Detached | Outcome::Paused(_) => None,
             _ => Some(self.outcome.describe(self.duration, timeout)),
         }
     }
@@ -381,8 +466,48 @@ mod tests {
             Outcome::Skipped(Skip::Vanished),
             Outcome::NotStarted,
             Outcome::Detached,
+            Outcome::Paused("paused by root".into()),
+            Outcome::BackedOff(Some(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            )),
             Outcome::Deferred,
         ]
+    }
+
+    /// The outcomes of `--url` requests, whose kind is `failed`.
+    fn request_outcomes() -> Vec<Outcome> {
+        vec![
+            Outcome::HttpStatus(503),
+            Outcome::RequestFailed("connection refused".into()),
+        ]
+    }
+
+    #[test]
+    fn request_failures_are_failed_and_survive_a_record() {
+        for outcome in request_outcomes() {
+            assert_eq!(outcome.kind(), Kind::Failed);
+            assert!(outcome.is_failure());
+            assert_eq!(outcome.exit_code(), None);
+            assert_eq!(outcome.shell_status(), Some(1));
+            let back = Outcome::from_record(
+                outcome.kind(),
+                outcome.exit_code(),
+                outcome.signal(),
+                outcome.reason().as_deref(),
+                outcome.http_status(),
+            );
+            assert_eq!(back.as_ref(), Some(&outcome));
+        }
+        assert_eq!(Outcome::HttpStatus(404).http_status(), Some(404));
+        assert_eq!(
+            Outcome::HttpStatus(404).describe(None, None),
+            "HTTP status 404"
+        );
+        // A process's failure stays one.
+        assert_eq!(
+            Outcome::from_record(Kind::Failed, Some(3), None, None, None),
+            Some(Outcome::Failed(3))
+        );
     }
 
     #[test]
@@ -394,9 +519,15 @@ mod tests {
             assert_eq!(serde_json::from_str::<Kind>(&json).unwrap(), kind);
         }
         assert_eq!(
-            serde_json::from_str::<Kind>("\"paused\"").unwrap(),
+            serde_json::from_str::<Kind>("\"quarantined\"").unwrap(),
             Kind::Unknown
         );
+        // Holds are neither failures nor attempts; back-off does not fail a run.
+        for kind in [Kind::Paused, Kind::BackedOff] {
+            assert!(!kind.is_failure() && !kind.attempted(), "{kind}");
+        }
+        assert!(Kind::Ok.attempted() && Kind::FailedToStart.attempted());
+        assert!(!Kind::Skipped.attempted() && !Kind::Detached.attempted());
     }
 
     #[test]
@@ -412,7 +543,7 @@ mod tests {
             assert_eq!(back.kind(), outcome.kind());
             assert_eq!(back.exit_code(), outcome.exit_code());
             assert_eq!(back.signal(), outcome.signal());
-            if outcome.kind() != Kind::FailedToStart {
+            if !matches!(outcome.kind(), Kind::FailedToStart | Kind::BackedOff) {
                 assert_eq!(back.describe(None, None), outcome.describe(None, None));
             }
         }

@@ -6,6 +6,7 @@
 //! supervisor sleeps to these absolute deadlines, so no error accumulates
 //! from one start to the next. `--only` plans start everything at once.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -16,8 +17,11 @@ use clap::ValueEnum;
 
 use crate::display::quoted;
 use crate::exit::Fatal;
+use crate::filter::Filter;
+use crate::http::{Expanded, RequestTemplate};
 use crate::idhash::hash_key;
 use crate::lock;
+use crate::outcome::Outcome;
 use crate::shard::Shard;
 use crate::template::Template;
 
@@ -59,6 +63,11 @@ pub struct Spec {
     pub template: Template,
     /// The command resolved through PATH once, when it has no placeholder.
     pub program: Option<PathBuf>,
+    /// `--url`: each task is this request, made by scatter itself, and
+    /// `template` is empty.
+    pub request: Option<RequestTemplate>,
+    /// `--include` and `--exclude`.
+    pub filter: Filter,
 }
 
 /// One planned start.
@@ -86,6 +95,15 @@ pub struct Plan {
     pub entries: Vec<Entry>,
     /// The command resolved through PATH, when it is the same for everyone.
     pub program: Option<PathBuf>,
+    /// `--url`: the request each task makes instead of a command.
+    pub request: Option<RequestTemplate>,
+    /// Instances left out by `--include`/`--exclude` (sorted bytewise).
+    pub excluded: Vec<OsString>,
+    /// `--include`/`--exclude` as given, for the dry run; empty without.
+    pub filter: String,
+    /// Slots that are not started this run, and the outcome they get at
+    /// their slot instead (paused, backed off).
+    held: BTreeMap<usize, Outcome>,
     template: Template,
     /// The open job lock directory, once a real run has prepared it.
     locks: Option<lock::JobDir>,
@@ -97,8 +115,10 @@ impl Plan {
         let manual = !spec.only.is_empty();
         // `--only` runs exactly what was asked, whatever the shard.
         let shard = if manual { None } else { spec.shard };
+        let (ids, excluded): (Vec<OsString>, Vec<OsString>) =
+            ids.into_iter().partition(|id| spec.filter.admits(id));
         let ids = if manual {
-            select(&spec.instances, ids, &spec.only)?
+            select(&spec.instances, ids, &spec.only, &spec.filter, &excluded)?
         } else {
             let mine = match shard {
                 Some(shard) => ids.into_iter().filter(|id| shard.owns(id)).collect(),
@@ -130,9 +150,27 @@ impl Plan {
             shard,
             entries,
             program: spec.program.clone(),
+            request: spec.request.clone(),
+            excluded,
+            filter: spec.filter.describe(),
+            held: BTreeMap::new(),
             template: spec.template.clone(),
             locks: None,
         })
+    }
+
+    /// Holds the instance of `slot` back this run: at its slot it gets
+    /// `outcome` instead of a start.
+    pub fn hold(&mut self, slot: usize, outcome: Outcome) {
+        if slot < self.entries.len() {
+            self.held.insert(slot, outcome);
+        }
+    }
+
+    /// The outcome an instance held back gets at its slot; `None` if it
+    /// starts.
+    pub fn held(&self, slot: usize) -> Option<&Outcome> {
+        self.held.get(&slot)
     }
 
     /// A spread plan over `ids` running `true`, for tests of what consumes
@@ -149,6 +187,8 @@ impl Plan {
             shard: None,
             template: Template::parse(&["true".into()]).expect("a valid template"),
             program: None,
+            request: None,
+            filter: Filter::default(),
         };
         Plan::build(&spec, ids).expect("a plan without --only")
     }
@@ -188,6 +228,11 @@ impl Plan {
     pub fn argv(&self, entry: &Entry) -> Vec<OsString> {
         self.template.expand(&entry.id, &self.path(entry))
     }
+
+    /// `--url`: the request of one instance.
+    pub fn request(&self, entry: &Entry) -> Option<Expanded> {
+        self.request.as_ref().map(|r| r.expand(&entry.id))
+    }
 }
 
 /// `k × W / N`, exact to the nanosecond.
@@ -205,12 +250,29 @@ pub fn order(mut ids: Vec<OsString>, order: Order) -> Vec<OsString> {
 }
 
 /// The `--only` ids, in the order given, without repeats; each must be one
-/// of the discovered instances.
-fn select(dir: &std::path::Path, ids: Vec<OsString>, only: &[OsString]) -> Result<Vec<OsString>> {
+/// of the discovered instances, and not one `--include`/`--exclude` leaves
+/// out.
+fn select(
+    dir: &std::path::Path,
+    ids: Vec<OsString>,
+    only: &[OsString],
+    filter: &Filter,
+    excluded: &[OsString],
+) -> Result<Vec<OsString>> {
     let mut chosen: Vec<OsString> = Vec::with_capacity(only.len());
     for want in only {
         if chosen.contains(want) {
             continue;
+        }
+        if excluded.contains(want)
+            && let Some(why) = filter.why_not(want)
+        {
+            return Err(Fatal::usage(format!(
+                "--only {}: this instance is left out by {why}",
+                quoted(want)
+            ))
+            .hint("drop or narrow the --include/--exclude globs (or SCATTER_INCLUDE/SCATTER_EXCLUDE) to run it by hand")
+            .into());
         }
         let found = ids
             .binary_search_by(|id| id.as_bytes().cmp(want.as_bytes()))
@@ -273,6 +335,8 @@ mod tests {
             shard,
             template: Template::parse(&["task".into(), "{path}".into()]).unwrap(),
             program: None,
+            request: None,
+            filter: Filter::default(),
         }
     }
 
@@ -330,11 +394,43 @@ mod tests {
     fn only_keeps_given_order_and_rejects_unknown_ids() {
         let all = ids(&["a", "b", "c"]);
         let dir = std::path::Path::new("/srv");
+        let none = Filter::default();
         assert_eq!(
-            select(dir, all.clone(), &ids(&["c", "a", "c"])).unwrap(),
+            select(dir, all.clone(), &ids(&["c", "a", "c"]), &none, &[]).unwrap(),
             ids(&["c", "a"])
         );
-        let err = select(dir, all, &ids(&["zz"])).unwrap_err();
+        let err = select(dir, all, &ids(&["zz"]), &none, &[]).unwrap_err();
         assert!(format!("{err:#}").contains("zz"));
+    }
+
+    #[test]
+    fn excluded_ids_are_not_planned_and_only_refuses_them() {
+        let mut s = spec(&[], Order::Name, None);
+        s.filter = Filter::new(&[], &["lost+found".into(), "_*".into()]).unwrap();
+        let all = ids(&["_template", "acme", "globex", "lost+found"]);
+        let plan = Plan::build(&s, all.clone()).unwrap();
+        let planned: Vec<_> = plan.entries.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(planned, ids(&["acme", "globex"]));
+        assert_eq!(plan.excluded, ids(&["_template", "lost+found"]));
+        assert_eq!(plan.entries[1].offset, Duration::from_secs(30));
+        s.only = ids(&["_template"]);
+        let err = Plan::build(&s, all).unwrap_err();
+        assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("_template") && text.contains("--exclude $'_*'"),
+            "{text}"
+        );
+        assert!(crate::exit::fatal_of(&err).unwrap().hint.is_some());
+    }
+
+    #[test]
+    fn held_slots_are_kept_for_their_slot() {
+        let mut plan = Plan::build(&spec(&[], Order::Name, None), ids(&["a", "b"])).unwrap();
+        plan.hold(1, Outcome::Paused("paused".into()));
+        plan.hold(7, Outcome::Paused("out of range".into()));
+        assert_eq!(plan.held(0), None);
+        assert_eq!(plan.held(1), Some(&Outcome::Paused("paused".into())));
+        assert_eq!(plan.held(7), None);
     }
 }

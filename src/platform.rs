@@ -22,12 +22,14 @@ use rustix::event::Timespec;
 pub use rustix::event::{PollFd, PollFlags};
 use rustix::io::{Errno, FdFlags};
 use rustix::pipe::PipeFlags;
-use rustix::process::{Pid, Signal};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 
+mod net;
 mod prio;
 mod rusage;
 
+pub use net::{connect_nonblocking, peer_closed};
 pub use prio::{io_priority_of, nice_of, set_group_io_priority, set_group_nice};
 pub use rusage::{Usage, online_cpus, reap_any};
 
@@ -39,6 +41,31 @@ pub fn euid() -> u32 {
 /// Our own pid.
 pub fn pid() -> i32 {
     rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// The name of user `uid`, from the password database (NSS); `None` if it
+/// has none.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: `passwd` is plain data; getpwuid_r fills it with pointers into
+    // `buf`, which outlives every use of them below, and `result` is either
+    // null or `&mut pwd`.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        );
+        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(pwd.pw_name);
+        Some(name.to_string_lossy().into_owned())
+    }
 }
 
 /// Marks a descriptor as inherited (or not) by the next spawned child.
@@ -248,6 +275,40 @@ pub fn ticks(d: Duration) -> u64 {
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
+}
+
+/// Whether child `pid` has exited, without reaping it (`WNOWAIT`): until
+/// it is reaped its pid, and so the id of the process group it leads,
+/// cannot be reused, so that group can still be signalled safely.
+pub fn exited(pid: i32) -> io::Result<Option<ExitStatus>> {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    match rustix::process::waitid(WaitId::Pid(pid), options)? {
+        Some(status) => Ok(match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => Some(ExitStatus::Code(code)),
+            (None, Some(sig)) => Some(ExitStatus::Signal(sig)),
+            _ => None,
+        }),
+        None => Ok(None),
+    }
+}
+
+/// Reaps child `pid` if it has exited, without blocking.
+pub fn reap(pid: i32) -> io::Result<Option<ExitStatus>> {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+        Ok(Some((_, status))) => Ok(match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => Some(ExitStatus::Code(code)),
+            (None, Some(sig)) => Some(ExitStatus::Signal(sig)),
+            _ => None,
+        }),
+        Ok(None) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// A pipe for a task's output: the read end is non-blocking and stays in

@@ -19,13 +19,15 @@
 //! file could forge it; the checks above only ever lead to signalling a group
 //! that holds this instance's lock, and never a group id of 1 or less.
 
-use crate::lock::Holder;
+use crate::lock::{Holder, HolderTask};
 use crate::platform::{self, FileId, Group};
 
 /// The task's process group, if the holder is verifiably hung, orphaned and
 /// still the task that took this lock file.
 pub fn verified_group(holder: &Holder, lock: FileId) -> Option<Group> {
-    if holder.pid <= 1 || holder.run_may_be_alive() {
+    // A request's holder is scatter itself: its pid leads no task's group,
+    // and the lock goes with scatter, so there is nothing to reclaim.
+    if holder.task == HolderTask::Request || holder.pid <= 1 || holder.run_may_be_alive() {
         return None;
     }
     let group = Group {
@@ -64,6 +66,7 @@ mod tests {
             grace: Duration::from_secs(1),
             run_pid,
             run_start: Some(1),
+            task: HolderTask::Process,
         }
     }
 
@@ -144,6 +147,24 @@ mod tests {
         assert_eq!(alive, None);
         assert_eq!(v1, None);
         assert_eq!(reused.map(|g| g.pgid), Some(pid));
+    }
+
+    #[test]
+    fn a_request_holder_is_never_verified() {
+        // Even with everything else in place: a live group leader, past its
+        // timeout, whose run is gone.
+        let mut child = group_leader();
+        let pid = child.id() as i32;
+        let stat = platform::proc_stat(pid).unwrap();
+        let (_tmp, file) = some_file();
+        let mut h = holder(pid, stat.starttime, 0);
+        let as_process = verified_group(&h, file);
+        h.task = HolderTask::Request;
+        let as_request = verified_group(&h, file);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(as_process.map(|g| g.pgid), Some(pid));
+        assert_eq!(as_request, None);
     }
 
     #[test]

@@ -17,9 +17,10 @@ use crate::exit;
 use crate::outcome::{Kind, Outcome, Skip, TaskResult};
 use crate::plan::Plan;
 use crate::platform::signal_name;
+use crate::state::Notice;
 
 /// The whole run's results, indexed by slot.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Report {
     pub results: Vec<TaskResult>,
     /// The stop signal that ended the run early, if any.
@@ -30,6 +31,10 @@ pub struct Report {
     pub detached: bool,
     /// Starts that had to wait for `--max-concurrent`.
     pub cap_delayed: usize,
+    /// Most of this run's attempts failed (see [`crate::health`]).
+    pub widespread: bool,
+    /// The changes this run recorded (`--report changes`, `--on-change`).
+    pub changes: Vec<Notice>,
     /// Starts the host held back (`--max-pressure`, `--max-load`), and the
     /// longest time one of them was held past its slot.
     pub pressure: Held,
@@ -80,7 +85,9 @@ impl Report {
                 outcome @ (Outcome::Ok
                 | Outcome::Failed(_)
                 | Outcome::Killed(_)
-                | Outcome::TimedOut) => {
+                | Outcome::TimedOut
+                | Outcome::HttpStatus(_)
+                | Outcome::RequestFailed(_)) => {
                     // As a shell reports it, in the 0..=255 an exit code has.
                     (outcome.shell_status().unwrap_or(1) & 0xff) as u8
                 }
@@ -88,7 +95,7 @@ impl Report {
                 Outcome::Skipped(_) => exit::LOCKED,
                 Outcome::FailedToStart { code, .. } => *code,
                 Outcome::NotStarted => exit::FAILURE,
-                Outcome::Detached => exit::OK,
+                Outcome::Detached | Outcome::Paused(_) | Outcome::BackedOff(_) => exit::OK,
                 // `--only` never waits for pressure; not a failure anyway.
                 Outcome::Deferred => exit::OK,
             };
@@ -121,6 +128,17 @@ impl Report {
                 writeln!(out, "scatter: {}: {line}", quoted(&entry.id))?;
             }
         }
+        writeln!(out, "{}", self.summary_line())
+    }
+
+    /// The summary: `scatter: 2 of 120 instances failed (117 ok, 1 failed,
+    /// 1 failed to start, 1 skipped)`.
+    pub fn summary_line(&self) -> String {
+        let failures = self
+            .results
+            .iter()
+            .filter(|r| r.outcome.is_failure())
+            .count();
         let parts: Vec<String> = self
             .counts()
             .into_iter()
@@ -133,7 +151,7 @@ impl Report {
             None if failures > 0 => format!("{failures} of {total} instances failed"),
             None => format!("{total} instances"),
         };
-        writeln!(out, "scatter: {head} ({})", parts.join(", "))
+        format!("scatter: {head} ({})", parts.join(", "))
     }
 
     /// The report as one JSON document (`--format json`).
@@ -149,6 +167,10 @@ impl Report {
             signal: Option<i32>,
             #[serde(skip_serializing_if = "Option::is_none")]
             reason: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            http_status: Option<u16>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            next_attempt: Option<f64>,
             started: Option<f64>,
             duration_secs: Option<f64>,
             lateness_secs: Option<f64>,
@@ -157,7 +179,7 @@ impl Report {
             max_rss_kib: Option<u64>,
         }
         #[derive(Serialize)]
-        struct Doc {
+        struct Doc<'a> {
             format: &'static str,
             name: String,
             count: usize,
@@ -170,6 +192,8 @@ impl Report {
             delayed_by_pressure: usize,
             max_pressure_delay_secs: Option<f64>,
             deferred: usize,
+            widespread: bool,
+            changes: &'a [Notice],
             instances: Vec<Instance>,
         }
         let instances = plan
@@ -183,6 +207,8 @@ impl Report {
                 exit_code: r.outcome.exit_code(),
                 signal: r.outcome.signal(),
                 reason: r.outcome.reason(),
+                http_status: r.outcome.http_status(),
+                next_attempt: r.outcome.next_attempt().map(unix_secs),
                 started: r.started.map(unix_secs),
                 duration_secs: r.duration.map(|d| d.as_secs_f64()),
                 lateness_secs: r.lateness.map(|d| d.as_secs_f64()),
@@ -212,6 +238,8 @@ impl Report {
                 .iter()
                 .filter(|r| r.outcome == Outcome::Deferred)
                 .count(),
+            widespread: self.widespread,
+            changes: &self.changes,
             instances,
         };
         serde_json::to_writer(&mut *out, &doc)?;

@@ -21,12 +21,21 @@ const USAGE: Usage = Usage {
 };
 
 /// Whether the engine reaped the task of this outcome, and so knows what it
-/// cost.
+/// cost (a request is no process: it has no such figures).
 fn reaped(outcome: &Outcome) -> bool {
     matches!(
         outcome,
         Outcome::Ok | Outcome::Failed(_) | Outcome::Killed(_) | Outcome::TimedOut
     )
+}
+
+/// Outcomes whose kind another one already shows (a request's failures
+/// are `failed`), checked through every place all the same.
+fn more_outcomes() -> Vec<Outcome> {
+    vec![
+        Outcome::HttpStatus(503),
+        Outcome::RequestFailed("connection refused".into()),
+    ]
 }
 
 fn every_outcome() -> Vec<Outcome> {
@@ -42,6 +51,8 @@ fn every_outcome() -> Vec<Outcome> {
         Outcome::Skipped(Skip::Locked("pid 7".into())),
         Outcome::NotStarted,
         Outcome::Detached,
+        Outcome::Paused("paused by root since 2027-01-15T08:00:00Z: moving".into()),
+        Outcome::BackedOff(Some(next_attempt())),
         Outcome::Deferred,
     ];
     // The list covers every kind, in summary order.
@@ -49,10 +60,27 @@ fn every_outcome() -> Vec<Outcome> {
     all
 }
 
+/// When the backed-off instance is next attempted.
+fn next_attempt() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_600)
+}
+
 #[test]
 fn every_outcome_reads_the_same_everywhere() {
-    let outcomes = every_outcome();
-    let ids: Vec<OsString> = outcomes.iter().map(|o| o.kind().name().into()).collect();
+    check_everywhere(every_outcome(), |o| o.kind().name().to_string());
+}
+
+#[test]
+fn request_outcomes_read_the_same_everywhere() {
+    let named = |o: &Outcome| match o {
+        Outcome::HttpStatus(_) => "http_status".to_string(),
+        _ => "request_failed".to_string(),
+    };
+    check_everywhere(more_outcomes(), named);
+}
+
+fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String) {
+    let ids: Vec<OsString> = outcomes.iter().map(|o| name_of(o).into()).collect();
     let plan = Plan::for_tests(PathBuf::from("/srv/i"), ids, Duration::from_secs(8));
     let now = SystemTime::now();
     let results: Vec<TaskResult> = outcomes
@@ -62,7 +90,6 @@ fn every_outcome_reads_the_same_everywhere() {
             started: Some(now),
             duration: Some(Duration::from_secs(2)),
             lateness: Some(Duration::ZERO),
-            // What the engine gives every task it reaped.
             usage: reaped(o).then_some(USAGE),
         })
         .collect();
@@ -76,31 +103,50 @@ fn every_outcome_reads_the_same_everywhere() {
             delayed: 3,
             longest: Some(Duration::from_millis(2500)),
         },
+        ..Report::default()
     };
 
     // The JSON report.
     let mut json = Vec::new();
     report.write_json(&plan, &mut json).unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let count = |kind: &str| outcomes.iter().filter(|o| o.kind().name() == kind).count();
     assert_eq!(doc["delayed_by_pressure"], 3);
     assert_eq!(doc["max_pressure_delay_secs"], 2.5);
-    assert_eq!(doc["deferred"], 1);
+    assert_eq!(doc["deferred"], count("deferred"));
     for (i, outcome) in outcomes.iter().enumerate() {
         let inst = &doc["instances"][i];
         let kind = outcome.kind().name();
         assert_eq!(inst["outcome"], kind);
-        assert_eq!(doc["counts"][kind], 1);
-        let cost = report.results[i].usage.is_some();
+        assert_eq!(doc["counts"][kind], count(kind));
+        let cost = reaped(outcome);
         assert_eq!(inst["cpu_user_secs"].as_f64(), cost.then_some(1.5));
         assert_eq!(inst["cpu_sys_secs"].as_f64(), cost.then_some(0.25));
         assert_eq!(inst["max_rss_kib"].as_u64(), cost.then_some(4096));
+        assert_eq!(
+            inst["http_status"].as_u64(),
+            outcome.http_status().map(u64::from)
+        );
         assert_eq!(
             inst["exit_code"].as_i64(),
             outcome.exit_code().map(i64::from)
         );
         assert_eq!(inst["signal"].as_i64(), outcome.signal().map(i64::from));
         assert_eq!(inst["reason"].as_str(), outcome.reason().as_deref());
+        if let Outcome::BackedOff(_) = outcome {
+            assert_eq!(inst["next_attempt"], 1_800_000_600.0);
+            assert!(
+                inst["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("2027-01-15T08:10:00Z")
+            );
+        } else {
+            assert!(inst.get("next_attempt").is_none());
+        }
     }
+    assert_eq!(doc["widespread"], false);
+    assert!(doc["changes"].as_array().unwrap().is_empty());
 
     // The text report: a line for each outcome worth one.
     let mut text = Vec::new();
@@ -112,7 +158,7 @@ fn every_outcome_reads_the_same_everywhere() {
         } else {
             assert!(matches!(
                 outcome,
-                Outcome::Ok | Outcome::NotStarted | Outcome::Detached
+                Outcome::Ok | Outcome::NotStarted | Outcome::Detached | Outcome::Paused(_)
             ));
         }
     }
@@ -142,7 +188,7 @@ fn every_outcome_reads_the_same_everywhere() {
     let dir = StateDir::existing(tmp.path()).unwrap();
     let read = dir.instances().unwrap();
     for outcome in &outcomes {
-        let record = &read[outcome.kind().name()];
+        let record = &read[&name_of(outcome)];
         match outcome {
             // Skips and deferrals are kept apart from the last outcome;
             // not-started leaves the record alone.
@@ -151,10 +197,18 @@ fn every_outcome_reads_the_same_everywhere() {
                 assert_eq!(record.last_skip_reason, outcome.reason());
             }
             Outcome::NotStarted => assert_eq!(record.outcome, None),
+            // Holds are kept apart too: the last attempt's outcome stays
+            // (so a backed-off instance still counts as failing).
+            Outcome::Paused(_) => assert_eq!(record.outcome, None),
+            Outcome::BackedOff(_) => {
+                assert_eq!(record.outcome, None);
+                assert_eq!(record.next_attempt, Some(1_800_000_600.0));
+            }
             _ => {
                 assert_eq!(record.outcome, Some(outcome.kind()));
                 let back = record.last_outcome().unwrap();
                 assert_eq!(back.describe(None, None), outcome.describe(None, None));
+                assert_eq!(record.http_status, outcome.http_status());
                 assert_eq!(record.failing(), outcome.is_failure());
                 let reaped = reaped(outcome);
                 assert_eq!(record.last_cpu_secs(), reaped.then_some(1.75));
@@ -171,19 +225,28 @@ fn every_outcome_reads_the_same_everywhere() {
     let text = String::from_utf8(text).unwrap();
     let json = serde_json::to_value(&status).unwrap();
     for outcome in &outcomes {
-        let name = outcome.kind().name();
+        let name = name_of(outcome);
+        let kind = outcome.kind().name();
         let view = json["instances"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|i| i["id"] == name)
+            .find(|i| i["id"] == name.as_str())
             .unwrap();
         match outcome {
-            Outcome::Skipped(_) | Outcome::NotStarted | Outcome::Deferred => {
+            Outcome::Skipped(_)
+            | Outcome::NotStarted
+            | Outcome::Paused(_)
+            | Outcome::BackedOff(_)
+            | Outcome::Deferred => {
                 assert!(view["outcome"].is_null())
             }
             _ => {
-                assert_eq!(view["outcome"], name);
+                assert_eq!(view["outcome"], kind);
+                assert_eq!(
+                    view["http_status"].as_u64(),
+                    outcome.http_status().map(u64::from)
+                );
                 assert!(
                     text.contains(&outcome.describe(None, None)),
                     "{name} in {text}"
@@ -200,13 +263,12 @@ fn every_outcome_reads_the_same_everywhere() {
     status::write_text(&costly, false, &mut text).unwrap();
     let text = String::from_utf8(text).unwrap();
     for outcome in &outcomes {
-        let reaped = reaped(outcome);
-        let name = outcome.kind().name();
+        let name = name_of(outcome);
         let figures = "cpu 1.8s (user 1.5s, sys 250ms)  rss 4 MiB";
         let shown = text
             .lines()
-            .any(|l| l.split_whitespace().next() == Some(name) && l.contains(figures));
-        assert_eq!(shown, reaped, "{name}: {figures} in {text}");
+            .any(|l| l.split_whitespace().next() == Some(name.as_str()) && l.contains(figures));
+        assert_eq!(shown, reaped(outcome), "{name}: {figures} in {text}");
     }
 
     // The metrics.
@@ -219,13 +281,31 @@ fn every_outcome_reads_the_same_everywhere() {
     };
     let prom = metrics::render(&snapshot);
     for outcome in &outcomes {
-        let name = outcome.kind().name();
+        let name = name_of(outcome);
+        let kind = outcome.kind().name();
         assert!(
             prom.contains(&format!(
-                "scatter_run_outcomes{{scatter_name=\"job\",outcome=\"{name}\"}} 1\n"
+                "scatter_run_outcomes{{scatter_name=\"job\",outcome=\"{kind}\"}} {}\n",
+                count(kind)
             )),
-            "{name} in {prom}"
+            "{kind} in {prom}"
         );
+        if let Some(status) = outcome.http_status() {
+            assert!(
+                prom.contains(&format!(
+                    "scatter_instance_last_http_status{{scatter_name=\"job\",instance_id=\"{name}\"}} {status}\n"
+                )),
+                "{name} status {status} in {prom}"
+            );
+        }
+        if let Outcome::BackedOff(_) = outcome {
+            assert!(
+                prom.contains(&format!(
+                    "scatter_instance_next_attempt_timestamp_seconds{{scatter_name=\"job\",instance_id=\"{name}\"}} 1800000600\n"
+                )),
+                "{name} next attempt in {prom}"
+            );
+        }
         let reaped = reaped(outcome);
         let cpu = format!(
             "scatter_instance_last_cpu_seconds{{scatter_name=\"job\",instance_id=\"{name}\",mode=\"user\"}} 1.5\n"
@@ -235,7 +315,7 @@ fn every_outcome_reads_the_same_everywhere() {
             "scatter_instance_last_max_rss_bytes{{scatter_name=\"job\",instance_id=\"{name}\"}} 4194304\n"
         );
         assert_eq!(prom.contains(&rss), reaped, "{rss} in {prom}");
-        if let Some(code) = read[name].last_outcome().and_then(|o| o.shell_status()) {
+        if let Some(code) = read[&name].last_outcome().and_then(|o| o.shell_status()) {
             assert!(
                 prom.contains(&format!(
                     "scatter_instance_last_exit_code{{scatter_name=\"job\",instance_id=\"{name}\"}} {code}\n"
@@ -252,7 +332,7 @@ fn a_record_with_an_outcome_from_a_newer_release_costs_only_that_record() {
     std::fs::write(
         tmp.path().join("instances.json"),
         r#"{"format":"scatter-instances/1","instances":{
-            "a":{"id":"a","outcome":"backed_off","consecutive_failures":4},
+            "a":{"id":"a","outcome":"quarantined","consecutive_failures":4},
             "b":{"id":"b","outcome":"failed","exit_code":2,"consecutive_failures":1}}}"#,
     )
     .unwrap();

@@ -8,11 +8,12 @@
 //!   not from the state files, with the pid and start from each lock's
 //!   holder record. Looking takes no lock, so it never disturbs a run.
 //! * Every instance's last outcome comes from `instances.json`, failing
-//!   instances first.
+//!   instances first, with its back-off; pauses come from `pauses.json`.
 //!
-//! The exit code is 1 when any instance's last outcome is a failure, so the
-//! command works as a Nagios-style check. `--sort` and `--top` turn the
-//! instance list into a list of the costliest tenants ([`cost`]).
+//! The exit code is 1 when any instance's last outcome is a failure (a
+//! paused instance excepted), so the command works as a Nagios-style check.
+//! `--sort` and `--top` turn the instance list into a list of the costliest
+//! tenants ([`cost`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -31,12 +32,14 @@ use crate::config::default_name;
 use crate::display::unix_secs;
 use crate::display::{self, quoted};
 use crate::exit::{self, Fatal};
+use crate::health::text;
 use crate::idcode::decode_stem;
 use crate::lock::{self, Holder};
 use crate::outcome::RunState;
 use crate::platform;
 use crate::safedir::SafeDir;
-use crate::state::{InstanceRecord, RunRecord, StateDir};
+use crate::state::health::short_reason;
+use crate::state::{InstanceRecord, Pause, RunRecord, StateDir, Widespread};
 
 pub mod cost;
 
@@ -91,6 +94,11 @@ pub struct Status {
     pub running: Vec<RunningTask>,
     /// Every instance, failing ones first.
     pub instances: Vec<InstanceView>,
+    /// Pauses in force, by id (an id need not be an instance yet).
+    pub pauses: Vec<Pause>,
+    /// A widespread failure in progress, as the last run left it.
+    pub widespread: Option<Widespread>,
+    /// Failing instances, paused ones excepted.
     pub failing: usize,
     pub exit_code: u8,
     /// `--sort`: what `instances` are ordered by (`None`: failing first).
@@ -141,7 +149,11 @@ pub struct RunningTask {
 
 #[derive(Debug, Serialize)]
 pub struct InstanceView {
+    /// Its last outcome is a failure (even while it backs off), and it is
+    /// not paused.
     pub failing: bool,
+    /// A pause holds it now.
+    pub paused: bool,
     /// Seconds since the last outcome (end, or start if it never ended).
     pub age_secs: Option<f64>,
     #[serde(flatten)]
@@ -156,7 +168,10 @@ pub fn gather(
     now: SystemTime,
 ) -> Result<Status> {
     let now_secs = unix_secs(now);
-    let records = dir.instances()?;
+    let ledger = dir.ledger()?;
+    let records = ledger.instances;
+    let mut pauses = dir.pauses()?;
+    pauses.retain(|_, p| p.active(now_secs));
     let runs = dir.runs()?;
     let lock_dir = match lock_base {
         Some(base) => Some(lock::job_dir(&lock::base_path(Some(base))?, name)),
@@ -188,11 +203,13 @@ pub fn gather(
                 .last_end
                 .or(record.last_start)
                 .or(record.last_skip_at);
+            let paused = pauses.contains_key(&key);
             if record.id.is_empty() {
                 record.id = key;
             }
             InstanceView {
-                failing: record.failing(),
+                failing: record.failing() && !paused,
+                paused,
                 age_secs: when.map(|t| (now_secs - t).max(0.0)),
                 record,
             }
@@ -219,6 +236,8 @@ pub fn gather(
         last_finished_run,
         running,
         instances,
+        pauses: pauses.into_values().collect(),
+        widespread: ledger.job.widespread,
         failing,
         exit_code: if failing > 0 { exit::FAILURE } else { exit::OK },
         sort: None,
@@ -351,10 +370,42 @@ pub fn write_text(s: &Status, color: bool, out: &mut impl Write) -> std::io::Res
     writeln!(out)?;
     write_running(s, paint, out)?;
     writeln!(out)?;
+    if !s.pauses.is_empty() {
+        write_pauses(s, out)?;
+        writeln!(out)?;
+    }
     match s.sort {
         Some(key) => cost::write_costs(s, key, out),
         None => write_instances(s, paint, out),
     }
+}
+
+fn write_pauses(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "Paused")?;
+    let ids: Vec<String> = s.pauses.iter().map(|p| quoted(p.raw_id())).collect();
+    let width = ids
+        .iter()
+        .map(|id| id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(32);
+    for (pause, id) in s.pauses.iter().zip(&ids) {
+        let until = match pause.until {
+            Some(until) => format!(", for {} more", secs(until - s.now)),
+            None => ", until resumed".to_string(),
+        };
+        let reason = pause
+            .reason
+            .as_deref()
+            .map_or(String::new(), |r| format!(": {}", short_reason(&text(r))));
+        writeln!(
+            out,
+            "  {id:width$}  by {}, {} ago{until}{reason}",
+            pause.who(),
+            secs(s.now - pause.since)
+        )?;
+    }
+    Ok(())
 }
 
 /// Colours text only when asked (a terminal, and no `NO_COLOR`).
@@ -413,6 +464,15 @@ fn write_runs(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Result
             r.running,
             r.finished_count
         )?;
+    }
+    if let Some(w) = &s.widespread {
+        let line = format!(
+            "  widespread failure for {}: {} of {} instances failed in the run that began it",
+            secs(s.now - w.since),
+            w.failed,
+            w.attempted
+        );
+        writeln!(out, "{}", paint.on(RED, line))?;
     }
     if let Some(r) = &s.last_finished_run {
         let counts: Vec<String> = r
@@ -488,8 +548,21 @@ fn write_instances(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::R
             (Some(why), Some(at)) => format!("; skipped {} ago: {why}", secs(s.now - at)),
             _ => String::new(),
         };
+        let held = match (i.paused, r.next_attempt) {
+            (true, _) => "; paused".to_string(),
+            (false, Some(next)) if next > s.now => format!(
+                "; backing off (level {}), next attempt in {}",
+                r.backoff_level,
+                secs(next - s.now)
+            ),
+            (false, Some(_)) => format!(
+                "; backing off (level {}), next attempt due",
+                r.backoff_level
+            ),
+            (false, None) => String::new(),
+        };
         let line = format!(
-            "  {:width$}  {outcome}{after}{age}{fails}{skip}",
+            "  {:width$}  {outcome}{after}{age}{fails}{skip}{held}",
             quoted(&r.id)
         );
         if i.failing {

@@ -15,8 +15,10 @@ use std::path::Path;
 use crate::display::quoted;
 use crate::exit::Fatal;
 
+/// One piece of an argument: literal bytes (braces already unescaped), or
+/// a placeholder.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
+pub enum Piece {
     Text(Vec<u8>),
     Id,
     Path,
@@ -54,6 +56,12 @@ impl Template {
         }
     }
 
+    /// A template with no command, for a run whose task is not a process
+    /// (`--url`): it expands to nothing.
+    pub fn none() -> Template {
+        Template { args: Vec::new() }
+    }
+
     /// The argv for one instance.
     pub fn expand(&self, id: &OsStr, path: &Path) -> Vec<OsString> {
         self.args
@@ -87,8 +95,10 @@ fn unknown(index: usize, arg: &OsStr, word: &[u8]) -> Fatal {
     .hint("known placeholders are {}, {id} and {path}; write {{ and }} for literal braces")
 }
 
-/// Splits one argument into pieces; on an unknown `{word}` returns the word.
-fn parse_arg(arg: &[u8]) -> Result<Vec<Piece>, Vec<u8>> {
+/// Splits one argument into pieces by the rules above; on an unknown
+/// `{word}` returns the word. `--url` templates are parsed with the same
+/// rules ([`crate::http`]).
+pub fn parse_arg(arg: &[u8]) -> Result<Vec<Piece>, Vec<u8>> {
     let mut pieces = Vec::new();
     let mut text = Vec::new();
     let mut i = 0;

@@ -230,3 +230,18 @@ fn tasks_that_exit_before_their_priority_is_set_are_no_error() {
     ]);
     run(cmd, fx.tmp.path()).expect_code(0).expect_silent();
 }
+
+#[test]
+fn priorities_are_refused_with_url() {
+    let fx = Fixture::with(&["a"]);
+    for flag in [["--nice", "5"], ["--ionice", "idle"]] {
+        let mut cmd = util::scatter();
+        cmd.args(fx.run_args())
+            .args(flag)
+            .args(["--url", "http://127.0.0.1:9/{}"]);
+        run(cmd, fx.tmp.path())
+            .expect_code(2)
+            .expect_stderr(&format!("{} cannot be combined with --url", flag[0]))
+            .expect_stderr("hint: ");
+    }
+}

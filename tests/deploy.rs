@@ -856,6 +856,19 @@ fn kubernetes_volumes_back_every_path() {
         .expect("--state-dir on a writable volume, or scatter warns every run");
     let (name, _, ro) = mount_of(state_dir);
     assert!(!ro && !volumes[name]["emptyDir"].is_badvalue());
+    // Pauses, back-off and --report changes need state that outlives the
+    // pod; this one does not (README: "State that survives the pod").
+    for flag in ["--backoff", "--report", "--on-change", "--remind"] {
+        assert!(
+            !run.has(flag)
+                && env_var(
+                    c,
+                    &format!("SCATTER_{}", flag[2..].replace('-', "_").to_uppercase())
+                )
+                .is_none(),
+            "{flag} needs a state directory that outlives the pod, and the state is on an emptyDir"
+        );
+    }
 }
 
 #[test]

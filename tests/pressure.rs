@@ -360,3 +360,36 @@ fn max_load_holds_starts_while_the_load_per_cpu_is_above_it() {
     assert_eq!(doc["counts"]["ok"], 2, "{doc}");
     assert_eq!(doc["delayed_by_pressure"], 0);
 }
+
+#[test]
+fn url_requests_wait_for_pressure_too() {
+    // Nothing listens on this port: a request that were made would fail
+    // (exit 1). Held past --max-defer, none is made, and none fails.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fx = Fixture::with(&["a", "b"]);
+    let psi = pressure_dir(&fx, 90.0);
+    let url = format!("http://127.0.0.1:{port}/{{}}");
+    let mut cmd = util::scatter();
+    cmd.args(fx.run_args()).args([
+        "--window",
+        "400ms",
+        "--max-pressure",
+        "cpu=60",
+        "--pressure-source",
+        psi.to_str().unwrap(),
+        "--max-defer",
+        "200ms",
+        "--format",
+        "json",
+        "--url",
+        &url,
+    ]);
+    let ran = run(cmd, fx.tmp.path());
+    ran.expect_code(0);
+    let doc = json(&ran.out.stdout);
+    assert_eq!(doc["counts"]["deferred"], 2, "{doc}");
+}

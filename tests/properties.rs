@@ -716,6 +716,8 @@ fn spec(window: Duration, order: Order, only: Vec<OsString>, shard: Option<Shard
         shard,
         template: Template::parse(&["task".into(), "{}".into()]).unwrap(),
         program: None,
+        request: None,
+        filter: scatter::filter::Filter::default(),
     }
 }
 
@@ -778,5 +780,56 @@ proptest! {
             let bad = spec(Duration::from_secs(60), Order::Name, vec![OsString::from_vec(stranger)], None);
             prop_assert!(Plan::build(&bad, all).is_err());
         }
+    }
+}
+
+/// Percent-decodes `%XX` escapes; any other byte is itself.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap(), 16).unwrap(),
+            );
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// --url: whatever its bytes, an id is one path segment and one query
+    /// value, decodes back to itself, and leaves the host alone; in a header
+    /// value it holds no byte that could end the line.
+    #[test]
+    fn url_ids_are_one_segment_and_decode_back(id in any_id()) {
+        let template = scatter::http::RequestTemplate::parse(
+            "http://127.0.0.1:8080/{}/check.php?t={id}&x=1",
+            None,
+            &["X-Tenant: {}".to_string()],
+            None,
+        )
+        .unwrap();
+        let req = template.expand(OsStr::from_bytes(&id));
+        let rest = req.url.strip_prefix("http://127.0.0.1:8080/").unwrap();
+        prop_assert!(rest.bytes().all(|b| b.is_ascii_graphic()), "{}", rest);
+        let (path, query) = rest.split_once('?').unwrap();
+        let segments: Vec<&str> = path.split('/').collect();
+        prop_assert_eq!(segments.len(), 2);
+        prop_assert_eq!(segments[1], "check.php");
+        prop_assert_eq!(percent_decode(segments[0]), id.clone());
+        let values: Vec<&str> = query.split('&').collect();
+        prop_assert_eq!(values.len(), 2);
+        prop_assert_eq!(percent_decode(values[0].strip_prefix("t=").unwrap()), id.clone());
+        let header = &req.headers[0].1;
+        prop_assert!(!header.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)));
+        prop_assert_eq!(percent_decode(std::str::from_utf8(header).unwrap()), id);
     }
 }

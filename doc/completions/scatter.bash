@@ -25,6 +25,12 @@ _scatter() {
             scatter,manpage)
                 cmd="scatter__subcmd__manpage"
                 ;;
+            scatter,pause)
+                cmd="scatter__subcmd__pause"
+                ;;
+            scatter,resume)
+                cmd="scatter__subcmd__resume"
+                ;;
             scatter,run)
                 cmd="scatter__subcmd__run"
                 ;;
@@ -40,6 +46,12 @@ _scatter() {
             scatter__subcmd__help,manpage)
                 cmd="scatter__subcmd__help__subcmd__manpage"
                 ;;
+            scatter__subcmd__help,pause)
+                cmd="scatter__subcmd__help__subcmd__pause"
+                ;;
+            scatter__subcmd__help,resume)
+                cmd="scatter__subcmd__help__subcmd__resume"
+                ;;
             scatter__subcmd__help,run)
                 cmd="scatter__subcmd__help__subcmd__run"
                 ;;
@@ -53,7 +65,7 @@ _scatter() {
 
     case "${cmd}" in
         scatter)
-            opts="-v -q -h -V --verbose --quiet --log --help --version run status completions manpage help"
+            opts="-v -q -h -V --verbose --quiet --log --help --version run status pause resume completions manpage help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -89,7 +101,7 @@ _scatter() {
             return 0
             ;;
         scatter__subcmd__help)
-            opts="run status completions manpage help"
+            opts="run status pause resume completions manpage help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -131,6 +143,34 @@ _scatter() {
             return 0
             ;;
         scatter__subcmd__help__subcmd__manpage)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        scatter__subcmd__help__subcmd__pause)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        scatter__subcmd__help__subcmd__resume)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -194,8 +234,76 @@ _scatter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        scatter__subcmd__pause)
+            opts="-v -q -h --name --instances --state-dir --force --for --reason --verbose --quiet --log --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instances)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --for)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log)
+                    COMPREPLY=($(compgen -W "stderr syslog journald auto" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        scatter__subcmd__resume)
+            opts="-v -q -h --name --instances --state-dir --force --all --verbose --quiet --log --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instances)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log)
+                    COMPREPLY=($(compgen -W "stderr syslog journald auto" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         scatter__subcmd__run)
-            opts="-v -q -h --instances --window --lock-dir --name --order --only --dry-run --format --max-concurrent --timeout --kill-after --detach --shard --shards --state-dir --keep-runs --metrics-file --output --max-pressure --pressure-source --max-load --max-defer --max-defer-action --catch-up --nice --ionice --verbose --quiet --log --help"
+            opts="-v -q -h --instances --window --lock-dir --name --order --only --dry-run --format --max-concurrent --timeout --kill-after --detach --shard --shards --state-dir --keep-runs --metrics-file --output --max-pressure --pressure-source --max-load --max-defer --max-defer-action --catch-up --nice --ionice --include --exclude --backoff --report --failures-before-report --remind --on-change --hook-timeout --with-state --url --method --header --data --cacert --verbose --quiet --log --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -294,6 +402,58 @@ _scatter() {
                     return 0
                     ;;
                 --ionice)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --include)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --exclude)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backoff)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --report)
+                    COMPREPLY=($(compgen -W "every changes" -- "${cur}"))
+                    return 0
+                    ;;
+                --failures-before-report)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --remind)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --on-change)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hook-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --method)
+                    COMPREPLY=($(compgen -W "GET HEAD POST" -- "${cur}"))
+                    return 0
+                    ;;
+                --header)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --data)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cacert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -34,6 +34,8 @@ complete -c scatter -n "__fish_scatter_needs_command" -s h -l help -d 'Print hel
 complete -c scatter -n "__fish_scatter_needs_command" -s V -l version -d 'Print version'
 complete -c scatter -n "__fish_scatter_needs_command" -f -a "run" -d 'Start one task per instance, spread across the window'
 complete -c scatter -n "__fish_scatter_needs_command" -f -a "status" -d 'Show runs in progress, tasks running now and each instance\'s last outcome'
+complete -c scatter -n "__fish_scatter_needs_command" -f -a "pause" -d 'Hold instances back from the job\'s runs until resumed, or for a while'
+complete -c scatter -n "__fish_scatter_needs_command" -f -a "resume" -d 'End pauses made by scatter pause'
 complete -c scatter -n "__fish_scatter_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c scatter -n "__fish_scatter_needs_command" -f -a "manpage" -d 'Print the man page (scatter.1), or write every page into a directory'
 complete -c scatter -n "__fish_scatter_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -64,12 +66,29 @@ start\t'Start it anyway, with a warning'"
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l catch-up -d 'Once behind schedule (after a stall, the cap or pressure), start at most FACTOR times the planned rate until caught up' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l nice -d 'Nice value of each task\'s process group, -20 to 19 (scatter\'s own is unchanged)' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l ionice -d 'I/O priority of each task\'s process group: idle, best-effort[:LEVEL] or realtime[:LEVEL], LEVEL 0 (highest) to 7, default 4' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l include -d 'Run only instances whose id matches this shell-style glob (repeatable)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l exclude -d 'Leave out instances whose id matches this glob, such as \'lost+found\' (repeatable)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l backoff -d 'After k failures in a row, attempt an instance at most once per BASE*2^(k-1), up to MAX (default 1h), e.g. 1m,1h' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l report -d 'Report every failure (every), or only changes (changes): an instance starts failing, recovers, a widespread failure begins or ends' -r -f -a "every\t'Every failure, every run (cron mails each failing run)'
+changes\t'Only changes: an instance starts failing, is still failing after --remind, recovers; a widespread failure begins or ends'"
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l failures-before-report -d 'An instance is failing (for --report changes and --on-change) after N failures in a row' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l remind -d 'Report again every DURATION that an instance (or a widespread failure) is still failing [default: never]' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l on-change -d 'Run this executable once per change, after the run, with no arguments and no shell; SCATTER_EVENT and others describe the change' -r -F
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l hook-timeout -d 'Kill an --on-change hook\'s whole process group after this long' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l url -d 'Instead of a command: make this HTTP request for each instance, from scatter itself ({} and {id}, percent-encoded, only in the path and query)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l method -d 'With --url: GET (the default; POST with --data), HEAD or POST' -r -f -a "GET\t''
+HEAD\t''
+POST\t''"
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l header -d 'With --url: send this header too, \'Name: value\' (repeatable; {} percent-encoded)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l data -d 'With --url: send this body, as curl\'s --data ({} percent-encoded, %20 not +)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l cacert -d 'With an https:// --url: trust the CA certificates in this PEM file instead of the system\'s' -r -F
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l log -d 'Where diagnostics go: stderr, syslog (facility cron), journald, or auto (journald when stderr is connected to the journal)' -r -f -a "stderr\t''
 syslog\t''
 journald\t''
 auto\t'journald when stderr is connected to the journal, else stderr'"
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l dry-run -d 'Print the plan and exit: no locks, no tasks, no waiting'
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l detach -d 'Exit right after the last start; tasks keep running under their locks'
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l with-state -d 'With --dry-run: read the state directory and show what a real run would do now (paused and backed-off instances)'
 complete -c scatter -n "__fish_scatter_using_subcommand run" -s v -l verbose -d 'More detail on stderr: -v for debug, -vv for trace. RUST_LOG overrides'
 complete -c scatter -n "__fish_scatter_using_subcommand run" -s q -l quiet -d 'Only errors on stderr'
 complete -c scatter -n "__fish_scatter_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -90,6 +109,31 @@ auto\t'journald when stderr is connected to the journal, else stderr'"
 complete -c scatter -n "__fish_scatter_using_subcommand status" -s v -l verbose -d 'More detail on stderr: -v for debug, -vv for trace. RUST_LOG overrides'
 complete -c scatter -n "__fish_scatter_using_subcommand status" -s q -l quiet -d 'Only errors on stderr'
 complete -c scatter -n "__fish_scatter_using_subcommand status" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -l name -d 'Job name, as given to scatter run (takes precedence over --instances)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -l instances -d 'The instances directory of the job; its basename is the job name' -r -F
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -l state-dir -d 'State directory [default: /var/lib/scatter/NAME, else $XDG_STATE_HOME/scatter/NAME]' -r -F
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -l for -d 'End the pause by itself after this long (default: when resumed)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -l reason -d 'Why, for scatter status and the --on-change hook' -r
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -l log -d 'Where diagnostics go: stderr, syslog (facility cron), journald, or auto (journald when stderr is connected to the journal)' -r -f -a "stderr\t''
+syslog\t''
+journald\t''
+auto\t'journald when stderr is connected to the journal, else stderr'"
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -l force -d 'Use a state directory no run has written yet, and (pause) ids that are not instances yet'
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -s v -l verbose -d 'More detail on stderr: -v for debug, -vv for trace. RUST_LOG overrides'
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -s q -l quiet -d 'Only errors on stderr'
+complete -c scatter -n "__fish_scatter_using_subcommand pause" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c scatter -n "__fish_scatter_using_subcommand resume" -l name -d 'Job name, as given to scatter run (takes precedence over --instances)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand resume" -l instances -d 'The instances directory of the job; its basename is the job name' -r -F
+complete -c scatter -n "__fish_scatter_using_subcommand resume" -l state-dir -d 'State directory [default: /var/lib/scatter/NAME, else $XDG_STATE_HOME/scatter/NAME]' -r -F
+complete -c scatter -n "__fish_scatter_using_subcommand resume" -l log -d 'Where diagnostics go: stderr, syslog (facility cron), journald, or auto (journald when stderr is connected to the journal)' -r -f -a "stderr\t''
+syslog\t''
+journald\t''
+auto\t'journald when stderr is connected to the journal, else stderr'"
+complete -c scatter -n "__fish_scatter_using_subcommand resume" -l force -d 'Use a state directory no run has written yet, and (pause) ids that are not instances yet'
+complete -c scatter -n "__fish_scatter_using_subcommand resume" -l all -d 'End every pause of the job'
+complete -c scatter -n "__fish_scatter_using_subcommand resume" -s v -l verbose -d 'More detail on stderr: -v for debug, -vv for trace. RUST_LOG overrides'
+complete -c scatter -n "__fish_scatter_using_subcommand resume" -s q -l quiet -d 'Only errors on stderr'
+complete -c scatter -n "__fish_scatter_using_subcommand resume" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c scatter -n "__fish_scatter_using_subcommand completions" -l log -d 'Where diagnostics go: stderr, syslog (facility cron), journald, or auto (journald when stderr is connected to the journal)' -r -f -a "stderr\t''
 syslog\t''
 journald\t''
@@ -105,8 +149,10 @@ auto\t'journald when stderr is connected to the journal, else stderr'"
 complete -c scatter -n "__fish_scatter_using_subcommand manpage" -s v -l verbose -d 'More detail on stderr: -v for debug, -vv for trace. RUST_LOG overrides'
 complete -c scatter -n "__fish_scatter_using_subcommand manpage" -s q -l quiet -d 'Only errors on stderr'
 complete -c scatter -n "__fish_scatter_using_subcommand manpage" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status completions manpage help" -f -a "run" -d 'Start one task per instance, spread across the window'
-complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status completions manpage help" -f -a "status" -d 'Show runs in progress, tasks running now and each instance\'s last outcome'
-complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status completions manpage help" -f -a "completions" -d 'Print a shell completion script'
-complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status completions manpage help" -f -a "manpage" -d 'Print the man page (scatter.1), or write every page into a directory'
-complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status completions manpage help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status pause resume completions manpage help" -f -a "run" -d 'Start one task per instance, spread across the window'
+complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status pause resume completions manpage help" -f -a "status" -d 'Show runs in progress, tasks running now and each instance\'s last outcome'
+complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status pause resume completions manpage help" -f -a "pause" -d 'Hold instances back from the job\'s runs until resumed, or for a while'
+complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status pause resume completions manpage help" -f -a "resume" -d 'End pauses made by scatter pause'
+complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status pause resume completions manpage help" -f -a "completions" -d 'Print a shell completion script'
+complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status pause resume completions manpage help" -f -a "manpage" -d 'Print the man page (scatter.1), or write every page into a directory'
+complete -c scatter -n "__fish_scatter_using_subcommand help; and not __fish_seen_subcommand_from run status pause resume completions manpage help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -30,6 +30,22 @@ pub struct Holder {
     /// That run's own start time (`/proc/<pid>/stat` field 22), so a later
     /// run can tell whether it still lives. `None` in version 1 records.
     pub run_start: Option<u64>,
+    /// What holds the lock: a task's process, or scatter itself for the
+    /// length of a request (`task=request`; then `pid` is scatter's own).
+    pub task: HolderTask,
+}
+
+/// What a holder record names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HolderTask {
+    /// A task's process, the leader of its own group (written without a
+    /// `task=` key, as before it existed).
+    #[default]
+    Process,
+    /// A request scatter makes itself (`--url`): the lock is scatter's, and
+    /// `pid` is scatter's, which leads no task's group; it is never
+    /// signalled.
+    Request,
 }
 
 /// Records are written in version 2 (with `run_start=`); version 1 records,
@@ -79,8 +95,14 @@ impl Holder {
         let started = decimal_secs(self.started.duration_since(UNIX_EPOCH).unwrap_or_default());
         let timeout = self.timeout.map_or("none".to_string(), decimal_secs);
         let run_start = self.run_start.map_or("none".to_string(), |t| t.to_string());
+        // Older readers ignore keys they do not know; a process holder's
+        // record is written as it always was.
+        let task = match self.task {
+            HolderTask::Process => "",
+            HolderTask::Request => " task=request",
+        };
         format!(
-            "{RECORD_TAG} pid={} starttime={} started={started} timeout={timeout} grace={} run={} run_start={run_start}\n",
+            "{RECORD_TAG} pid={} starttime={} started={started} timeout={timeout} grace={} run={} run_start={run_start}{task}\n",
             self.pid,
             self.starttime,
             decimal_secs(self.grace),
@@ -101,7 +123,7 @@ impl Holder {
         }
         let (mut pid, mut starttime, mut started, mut timeout, mut run_pid) =
             (None, None, None, None, 0);
-        let (mut grace, mut run_start) = (Duration::ZERO, None);
+        let (mut grace, mut run_start, mut task) = (Duration::ZERO, None, HolderTask::Process);
         for word in words {
             let (key, value) = word.split_once('=')?;
             match key {
@@ -112,6 +134,15 @@ impl Holder {
                 "grace" => grace = parse_decimal_secs(value)?,
                 "run" => run_pid = value.parse::<i32>().ok().filter(|p| *p > 0).unwrap_or(0),
                 "run_start" if value != "none" => run_start = Some(value.parse().ok()?),
+                "task" => {
+                    task = match value {
+                        "process" => HolderTask::Process,
+                        "request" => HolderTask::Request,
+                        // A holder of a kind this build does not know: not
+                        // one it may act on.
+                        _ => return None,
+                    }
+                }
                 _ => {}
             }
         }
@@ -123,6 +154,7 @@ impl Holder {
             grace,
             run_pid,
             run_start,
+            task,
         })
     }
 
@@ -179,6 +211,13 @@ impl Holder {
     pub fn summary(&self, now: SystemTime) -> String {
         let age = now.duration_since(self.started).unwrap_or_default();
         let since = humantime::format_rfc3339_seconds(self.started);
+        if self.task == HolderTask::Request {
+            return format!(
+                "a request of scatter pid {} since {since} ({} ago)",
+                self.pid,
+                display::duration(age)
+            );
+        }
         if self.is_alive() {
             format!(
                 "pid {} since {since} ({} ago)",
@@ -229,8 +268,16 @@ mod tests {
             grace: Duration::from_secs(10),
             run_pid: 42,
             run_start: Some(777),
+            task: HolderTask::Process,
         };
         assert_eq!(Holder::parse(&h.to_line()), Some(h.clone()));
+        assert!(!h.to_line().contains("task="), "written as before");
+        let request = Holder {
+            task: HolderTask::Request,
+            ..h.clone()
+        };
+        assert!(request.to_line().contains(" task=request\n"));
+        assert_eq!(Holder::parse(&request.to_line()), Some(request));
         let none = Holder { timeout: None, ..h };
         assert_eq!(Holder::parse(&none.to_line()), Some(none));
         assert_eq!(Holder::parse("garbage"), None);
@@ -245,6 +292,24 @@ mod tests {
         assert_eq!(h.run_pid, 42);
         assert_eq!(h.run_start, None);
         assert_eq!(h.timeout, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn the_task_key_is_validated() {
+        let base = "scatter-holder/2 pid=1234 starttime=5 started=1 timeout=1.0 grace=1.0 run=9 run_start=3";
+        let task = |line: &str| Holder::parse(line).map(|h| h.task);
+        assert_eq!(task(base), Some(HolderTask::Process));
+        assert_eq!(
+            task(&format!("{base} task=process")),
+            Some(HolderTask::Process)
+        );
+        assert_eq!(
+            task(&format!("{base} task=request")),
+            Some(HolderTask::Request)
+        );
+        for bad in ["task=", "task=daemon", "task=Request", "task=request\u{0}"] {
+            assert_eq!(task(&format!("{base} {bad}")), None, "{bad}");
+        }
     }
 
     #[test]
@@ -293,6 +358,7 @@ mod tests {
             grace: Duration::from_secs(10),
             run_pid: 42,
             run_start: None,
+            task: HolderTask::Process,
         };
         assert!(!h.is_overdue(1039 * hz));
         assert!(h.is_overdue(1041 * hz));

@@ -36,7 +36,7 @@ use crate::platform::FileId;
 use crate::safedir::{DirKind, FileError, SafeDir, usable_or_creatable};
 
 mod holder;
-pub use holder::{Holder, StartTime};
+pub use holder::{Holder, HolderTask, StartTime};
 
 /// The system-wide default lock base, on tmpfs on every modern distribution.
 pub const SYSTEM_LOCK_BASE: &str = "/run/lock/scatter";
@@ -268,6 +268,7 @@ mod tests {
             grace: Duration::ZERO,
             run_pid: 1,
             run_start: None,
+            task: HolderTask::Process,
         };
         locked.record(&h).unwrap();
         assert_eq!(Holder::read_from(&locked.file), Some(h.clone()));

@@ -146,7 +146,13 @@ pub fn structured() -> bool {
 /// with a warning there, so nothing is lost silently.
 pub fn init(level: LevelFilter, sink: Sink) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level).parse_env("RUST_LOG");
+    builder.filter_level(level);
+    // The HTTP and TLS libraries of --url log every state change at debug
+    // level: too much for -v, still there for RUST_LOG.
+    builder
+        .filter_module("ureq_proto", LevelFilter::Warn.min(level))
+        .filter_module("rustls", LevelFilter::Warn.min(level));
+    builder.parse_env("RUST_LOG");
     let stamped = level >= LevelFilter::Debug || std::env::var_os("RUST_LOG").is_some();
     builder.format(move |buf, record| {
         let level = match record.level() {

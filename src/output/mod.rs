@@ -67,6 +67,7 @@ use crate::relay::{self, Stream};
 use crate::safedir::{DirKind, SafeDir};
 use crate::spawn::Output;
 
+mod body;
 mod lines;
 mod spool;
 #[cfg(test)]

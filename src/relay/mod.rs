@@ -234,6 +234,13 @@ fn stopped() -> Option<i32> {
     (STOPS.load(Ordering::SeqCst) > 0).then(|| LAST_STOP.load(Ordering::SeqCst) as i32)
 }
 
+/// A stop signal (SIGTERM, SIGINT, SIGHUP) received since the end-of-run
+/// handlers were armed, if any: what scatter does after a run (the
+/// `--on-change` hooks) ends on it.
+pub fn stop_received() -> Option<i32> {
+    stopped()
+}
+
 /// Catches SIGTERM, SIGINT and SIGHUP from now on, so that the end-of-run
 /// wait can be cut short. Call it as soon as the supervisor's own handlers
 /// are gone: until then a stop signal is its business, and in between the

@@ -20,6 +20,7 @@ use crate::exit::Fatal;
 use crate::idcode::encode_id;
 use crate::safedir::{DirKind, FileError, SafeDir, usable_or_creatable};
 
+use super::health::Settle;
 use super::records::{Event, InstanceRecord, InstancesFile, RunRecord, apply};
 
 /// Where records go when nothing else is said: for root, and anyone who
@@ -79,9 +80,9 @@ pub fn path_for(explicit: Option<&Path>, name: &OsStr) -> Result<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pub path: PathBuf,
-    dir: Arc<SafeDir>,
+    pub(super) dir: Arc<SafeDir>,
     /// `runs/`; `None` when reading a state directory that has none.
-    runs: Option<Arc<SafeDir>>,
+    pub(super) runs: Option<Arc<SafeDir>>,
 }
 
 impl StateDir {
@@ -117,8 +118,41 @@ impl StateDir {
         })
     }
 
+    /// Opens an existing directory by the same rules as [`StateDir::create`]
+    /// (private, reached only through symlinks nobody else can change),
+    /// creating nothing: `None` if it does not exist. For a run's decisions
+    /// and for `scatter pause`, which must not trust a directory the run
+    /// itself would refuse.
+    pub fn open(path: &Path) -> Result<Option<StateDir>> {
+        let Some(dir) = SafeDir::existing(path, STATE_DIRS)? else {
+            return Ok(None);
+        };
+        let runs = dir.child(OsStr::new(RUNS_DIR))?;
+        Ok(Some(StateDir {
+            path: path.to_path_buf(),
+            dir: Arc::new(dir),
+            runs: runs.map(Arc::new),
+        }))
+    }
+
+    /// Whether a run has ever written here: a run record or instance
+    /// records exist.
+    pub fn used_by_a_run(&self) -> bool {
+        self.dir.stat(OsStr::new(INSTANCES_FILE)).is_ok()
+            || self
+                .runs
+                .as_ref()
+                .is_some_and(|runs| run_record_names(runs).is_ok_and(|n| !n.is_empty()))
+    }
+
     /// Every instance record, keyed by encoded id.
     pub fn instances(&self) -> Result<BTreeMap<String, InstanceRecord>> {
+        Ok(self.ledger()?.instances)
+    }
+
+    /// The whole of `instances.json`: the records, the job's health and the
+    /// pending changes. Empty if there is none yet.
+    pub fn ledger(&self) -> Result<InstancesFile> {
         let name = OsStr::new(INSTANCES_FILE);
         let path = self.dir.join(name);
         let Some((file, _)) = self
@@ -126,12 +160,11 @@ impl StateDir {
             .open_read(name, "state file", MAX_INSTANCES_FILE)
             .with_context(|| format!("cannot read {}", quoted(&path)))?
         else {
-            return Ok(BTreeMap::new());
+            return Ok(InstancesFile::default());
         };
         let reader = io::BufReader::with_capacity(64 * 1024, file);
-        let file: InstancesFile = serde_json::from_reader(reader)
-            .with_context(|| format!("{} is not a scatter state file", quoted(&path)))?;
-        Ok(file.instances)
+        serde_json::from_reader(reader)
+            .with_context(|| format!("{} is not a scatter state file", quoted(&path)))
     }
 
     /// Every run record, oldest first.
@@ -173,13 +206,10 @@ impl StateDir {
         })
     }
 
-    /// Applies events to `instances.json` under its lock, and forgets
-    /// instances not in `keep` (when given). Returns the merged records.
-    pub(super) fn merge(
-        &self,
-        events: &[Event],
-        keep: Option<&[String]>,
-    ) -> Result<BTreeMap<String, InstanceRecord>> {
+    /// Takes `instances.lock`, the lock every change to the records, the
+    /// pauses and the pending queue is made under; released when the
+    /// returned file is dropped.
+    pub(super) fn lock(&self) -> Result<File> {
         let lock_name = OsStr::new(INSTANCES_LOCK);
         let lock_path = self.dir.join(lock_name);
         // Readable by its owner only: anyone who can open it could hold it.
@@ -193,7 +223,31 @@ impl StateDir {
             let _ = rustix::fs::fchmod(&lock, rustix::fs::Mode::from_raw_mode(0o600));
         }
         lock_within(&lock, &lock_path, MERGE_LOCK_WAIT)?;
-        let mut records = self.instances()?;
+        Ok(lock)
+    }
+
+    /// Applies events to `instances.json` under its lock, and forgets
+    /// instances not in `keep` (when given). Returns the merged records.
+    pub(super) fn merge(
+        &self,
+        events: &[Event],
+        keep: Option<&[String]>,
+    ) -> Result<BTreeMap<String, InstanceRecord>> {
+        Ok(self.merge_settled(events, keep, None)?.instances)
+    }
+
+    /// [`StateDir::merge`], then `settle` on the whole file before it is
+    /// written: the end of a run, which decides the changes to report.
+    /// Changes whose hook has run are dropped from the queue first.
+    pub(super) fn merge_settled(
+        &self,
+        events: &[Event],
+        keep: Option<&[String]>,
+        settle: Option<Settle>,
+    ) -> Result<InstancesFile> {
+        let _lock = self.lock()?;
+        let mut file = self.ledger()?;
+        let records = &mut file.instances;
         for event in events {
             let key = encode_id(&event.id);
             let record = records.entry(key).or_default();
@@ -202,10 +256,12 @@ impl StateDir {
         if let Some(keep) = keep {
             records.retain(|key, _| keep.binary_search(key).is_ok());
         }
-        let file = InstancesFile {
-            format: "scatter-instances/1".into(),
-            instances: records,
-        };
+        file.format = "scatter-instances/1".into();
+        self.prune_pending(&mut file)?;
+        if let Some(settle) = settle {
+            settle(&mut file);
+        }
+        super::health::bound_pending(&mut file.pending);
         // Streamed: 10,000 records make a file of a few megabytes, not worth
         // holding twice in memory.
         self.dir
@@ -214,7 +270,7 @@ impl StateDir {
                 serde_json::to_writer(&mut out, &file)?;
                 out.flush()
             })?;
-        Ok(file.instances)
+        Ok(file)
     }
 
     /// Deletes all but the newest `keep` run records (never `current`).
@@ -265,7 +321,7 @@ pub(super) fn lock_within(file: &File, path: &Path, wait: Duration) -> Result<()
 }
 
 /// `<run-id>.json`.
-fn run_file_name(run_id: &str) -> OsString {
+pub(super) fn run_file_name(run_id: &str) -> OsString {
     OsString::from(format!("{run_id}.json"))
 }
 

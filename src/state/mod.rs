@@ -10,6 +10,9 @@
 //!   what its task cost (last and average).
 //! * `runs/<run-id>.json`: one record per run: pid, start, planned end of
 //!   the spreading, progress, counts per outcome, running/finished/aborted.
+//! * `pauses.json` and `notified.json`: pauses, and how far the
+//!   `--on-change` queue (kept in `instances.json`) has been fired; see
+//!   [`health`].
 //!
 //! Every file is replaced atomically (temporary file, fsync, rename, fsync
 //! of the directory), so a crash never leaves one half-written. Overlapping
@@ -32,6 +35,7 @@
 //! are close-on-exec, so no task inherits them.
 
 mod dir;
+pub mod health;
 mod records;
 #[cfg(test)]
 mod tests;
@@ -40,5 +44,9 @@ mod writer;
 pub use dir::{
     MAX_INSTANCES_FILE, MAX_RUN_RECORD, STATE_DIRS, SYSTEM_STATE_BASE, StateDir, path_for,
 };
-pub use records::{EWMA_ALPHA, Event, InstanceRecord, RunRecord, Trigger, apply, ewma, run_id};
+pub use health::{JobHealth, Notice, Pause, Settle, Widespread};
+pub use records::{
+    Alert, EWMA_ALPHA, Event, InstanceRecord, InstancesFile, RunRecord, Trigger, apply, ewma,
+    run_id,
+};
 pub use writer::{Progress, Writer, Written};

@@ -18,6 +18,8 @@ use crate::display::unix_secs;
 use crate::lenient;
 use crate::outcome::{Kind, Outcome, RunState, TaskResult};
 
+use super::health::{JobHealth, Notice};
+
 /// The weight of the newest run in the averages of a task's cost.
 pub const EWMA_ALPHA: f64 = 0.3;
 
@@ -54,6 +56,13 @@ pub struct InstanceRecord {
     pub signal: Option<i32>,
     #[serde(deserialize_with = "lenient::or_default")]
     pub reason: Option<String>,
+    /// `--url`: the status of a request that failed with one (400 or
+    /// above). Older records have none.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::http_status"
+    )]
+    pub http_status: Option<u16>,
     #[serde(deserialize_with = "lenient::time")]
     pub last_start: Option<f64>,
     #[serde(deserialize_with = "lenient::time")]
@@ -107,6 +116,38 @@ pub struct InstanceRecord {
         deserialize_with = "lenient::amount"
     )]
     pub avg_max_rss_kib: Option<f64>,
+    /// Failures in a row that were not part of a widespread failure: the
+    /// `--backoff` level. Success resets it; a widespread failure leaves it.
+    #[serde(deserialize_with = "lenient::count")]
+    pub backoff_level: u32,
+    /// When `--backoff` lets this failing instance be attempted again (unix
+    /// seconds); `None` when it is not backing off.
+    #[serde(deserialize_with = "lenient::time")]
+    pub next_attempt: Option<f64>,
+    /// When its current failures began: the start of the first of them.
+    #[serde(deserialize_with = "lenient::time")]
+    pub failing_since: Option<f64>,
+    /// Since when it is paused, as the last run that reached it saw; `None`
+    /// when it was not paused then.
+    #[serde(deserialize_with = "lenient::time")]
+    pub paused_since: Option<f64>,
+    /// Its failure was reported (`failing`, later `reminder`s); `None` when
+    /// there is nothing to report a recovery from.
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub alert: Option<Alert>,
+}
+
+/// A reported failure of one instance: the start of its failures, when it
+/// was last reported, and how many failures in a row there were then.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Alert {
+    #[serde(deserialize_with = "lenient::time_or_zero")]
+    pub since: f64,
+    #[serde(deserialize_with = "lenient::time_or_zero")]
+    pub last: f64,
+    #[serde(deserialize_with = "lenient::count")]
+    pub failures: u32,
 }
 
 impl InstanceRecord {
@@ -134,22 +175,31 @@ impl InstanceRecord {
     /// The last outcome, rebuilt from what the record keeps of it; `None`
     /// if it never ran or its outcome is one this build does not know.
     pub fn last_outcome(&self) -> Option<Outcome> {
-        Outcome::from_parts(
+        Outcome::from_record(
             self.outcome?,
             self.exit_code,
             self.signal,
             self.reason.as_deref(),
+            self.http_status,
         )
     }
 }
 
+/// `instances.json`: every instance record, and the job's own health with
+/// the queue of changes whose hooks have not run yet. One file, so a change
+/// and the record it changes are written in one atomic rename.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
-pub(super) struct InstancesFile {
+pub struct InstancesFile {
     #[serde(deserialize_with = "lenient::or_default")]
-    pub(super) format: String,
+    pub format: String,
     #[serde(deserialize_with = "lenient::records")]
-    pub(super) instances: BTreeMap<String, InstanceRecord>,
+    pub instances: BTreeMap<String, InstanceRecord>,
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub job: JobHealth,
+    /// Changes whose `--on-change` hook may not have run yet, oldest first.
+    #[serde(deserialize_with = "lenient::items")]
+    pub pending: Vec<Notice>,
 }
 
 /// One run, as `scatter status` shows it.
@@ -212,6 +262,10 @@ pub struct RunRecord {
     /// Starts that waited for pressure so far.
     #[serde(deserialize_with = "lenient::count")]
     pub delayed_by_pressure: usize,
+    /// Most of the run's attempts failed: likely a shared service, not
+    /// each tenant.
+    #[serde(deserialize_with = "lenient::or_default")]
+    pub widespread: bool,
 }
 
 /// Something that happened to an instance, to be merged into its record.
@@ -233,7 +287,8 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
     record.updated = at;
     let r = &event.result;
     match &r.outcome {
-        Outcome::NotStarted => {}
+        Outcome::NotStarted | Outcome::Paused(_) => {}
+        Outcome::BackedOff(next) => record.next_attempt = next.map(unix_secs),
         Outcome::Skipped(_) | Outcome::Deferred => {
             record.last_skip_reason = r.outcome.reason();
             record.last_skip_at = Some(at);
@@ -244,14 +299,21 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
             record.exit_code = outcome.exit_code();
             record.signal = outcome.signal();
             record.reason = outcome.reason();
+            record.http_status = outcome.http_status();
             record.last_start = Some(r.started.map_or(at, unix_secs));
             record.last_end = (!matches!(outcome, Outcome::Detached)).then_some(at);
             record.last_duration_secs = r.duration.map(|d| d.as_secs_f64());
             if outcome.is_failure() {
+                if record.consecutive_failures == 0 || record.failing_since.is_none() {
+                    record.failing_since = record.last_start;
+                }
                 record.consecutive_failures = record.consecutive_failures.saturating_add(1);
             } else if *outcome == Outcome::Ok {
                 record.consecutive_failures = 0;
                 record.last_success = Some(at);
+                record.backoff_level = 0;
+                record.next_attempt = None;
+                record.failing_since = None;
             }
             if let Some(usage) = r.usage {
                 let user = usage.user.as_secs_f64();

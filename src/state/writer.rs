@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use log::warn;
 
 use super::dir::StateDir;
+use super::health::{Notice, Settle};
 use super::records::{Event, InstanceRecord, RunRecord};
 
 /// How often queued instance updates are merged into `instances.json`.
@@ -53,6 +54,8 @@ enum Msg {
     Finish {
         /// Encoded ids of every current instance (sorted), after a full run.
         keep: Option<Vec<String>>,
+        /// Decides the run's changes in the last merge.
+        settle: Option<Settle>,
     },
 }
 
@@ -63,6 +66,9 @@ pub struct Written {
     /// Every write that failed (each kind was also logged once, as it
     /// happened).
     pub errors: Vec<String>,
+    /// The changes still queued for the `--on-change` hook after the last
+    /// merge (empty if it failed).
+    pub pending: Vec<Notice>,
 }
 
 /// The background writer of one run's records.
@@ -96,7 +102,13 @@ impl Writer {
     /// Writes everything still queued and the final run record (as left in
     /// `progress`), prunes old runs, and waits for the thread.
     pub fn finish(self, keep: Option<Vec<String>>) -> Written {
-        let _ = self.tx.send(Msg::Finish { keep });
+        self.finish_settled(keep, None)
+    }
+
+    /// [`Writer::finish`], with `settle` run on the whole instances file in
+    /// the last merge, under its lock.
+    pub fn finish_settled(self, keep: Option<Vec<String>>, settle: Option<Settle>) -> Written {
+        let _ = self.tx.send(Msg::Finish { keep, settle });
         drop(self.tx);
         self.handle.join().unwrap_or_else(|_| {
             warn!(
@@ -105,6 +117,7 @@ impl Writer {
             Written {
                 instances: None,
                 errors: vec!["the state writer thread panicked".into()],
+                pending: Vec::new(),
             }
         })
     }
@@ -122,6 +135,7 @@ fn writer_loop(
     let mut written = Written {
         instances: None,
         errors: Vec::new(),
+        pending: Vec::new(),
     };
     let report = |what: &str, err: anyhow::Error, errors: &mut Vec<String>| {
         let line = format!("{what}: {err:#}");
@@ -152,7 +166,7 @@ fn writer_loop(
         {
             match msg {
                 Msg::Event(e) => events.push(e),
-                Msg::Finish { keep } => finish = Some(keep),
+                Msg::Finish { keep, settle } => finish = Some((keep, settle)),
             }
         }
         let run_due = last_run_write.is_none_or(|at| at.elapsed() >= RUN_FLUSH);
@@ -165,14 +179,21 @@ fn writer_loop(
             last_run_write = Some(Instant::now());
         }
         let due_merge = !events.is_empty() && last_merge.elapsed() >= INSTANCE_FLUSH;
-        if due_merge || finish.is_some() {
-            let keep = finish.as_ref().and_then(|k| k.as_deref());
-            match dir.merge(&events, keep) {
+        if let Some((keep, settle)) = finish.as_mut() {
+            match dir.merge_settled(&events, keep.as_deref(), settle.take()) {
                 // Kept only from the last merge (for the metrics file):
                 // 10,000 records are megabytes the run need not carry.
-                Ok(records) if finish.is_some() => written.instances = Some(records),
-                Ok(_) => {}
+                Ok(file) => {
+                    written.instances = Some(file.instances);
+                    written.pending = file.pending;
+                }
                 Err(err) => report("cannot update instance records", err, &mut written.errors),
+            }
+            events.clear();
+            last_merge = Instant::now();
+        } else if due_merge {
+            if let Err(err) = dir.merge(&events, None) {
+                report("cannot update instance records", err, &mut written.errors);
             }
             events.clear();
             last_merge = Instant::now();

@@ -120,6 +120,7 @@ mod tests {
     fn view(id: &str, cpu: Option<f64>, rss: Option<u64>, took: Option<f64>) -> InstanceView {
         InstanceView {
             failing: false,
+            paused: false,
             age_secs: None,
             record: InstanceRecord {
                 id: id.into(),
@@ -142,6 +143,8 @@ mod tests {
             last_finished_run: None,
             running: Vec::new(),
             instances,
+            pauses: Vec::new(),
+            widespread: None,
             failing: 0,
             exit_code: 0,
             sort: None,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::host::{Event, Host, Started};
-use crate::outcome::Skip;
+use crate::outcome::{Outcome, Skip};
 use crate::plan::Entry;
 use crate::platform::{ExitStatus, Usage};
 
@@ -35,6 +35,9 @@ pub struct Script {
     pub output_lingers: Option<Duration>,
     /// What the host reports it cost when it is reaped.
     pub usage: Option<Usage>,
+    /// A task that is not a process (a request): it has no pid and ends
+    /// with this outcome instead of an exit status.
+    pub request: Option<Outcome>,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +56,41 @@ impl Default for Script {
             start: vec![FakeStart::Run],
             output_lingers: None,
             usage: None,
+            request: None,
+        }
+    }
+}
+
+impl Script {
+    /// Runs for `secs`, then exits 0.
+    pub fn runs(secs_: f64) -> Script {
+        Script {
+            runs_for: Some(secs(secs_)),
+            ..Script::default()
+        }
+    }
+
+    /// Runs until killed; exits on SIGTERM.
+    pub fn forever() -> Script {
+        Script {
+            runs_for: None,
+            ..Script::default()
+        }
+    }
+
+    /// Runs until killed, and ignores SIGTERM.
+    pub fn stubborn() -> Script {
+        Script {
+            ignores_term: true,
+            ..Script::forever()
+        }
+    }
+
+    /// Starting it gives these results in turn.
+    pub fn starting(start: Vec<FakeStart>) -> Script {
+        Script {
+            start,
+            ..Script::default()
         }
     }
 }
@@ -73,6 +111,7 @@ struct Running {
     output_until: Option<Option<Instant>>,
     exited: bool,
     usage: Option<Usage>,
+    request: Option<Outcome>,
 }
 
 pub struct Fake {
@@ -128,11 +167,17 @@ impl Fake {
             let r = self.running.get_mut(&slot).unwrap();
             if !r.exited && r.exit_at.is_some_and(|t| t <= now) {
                 r.exited = true;
-                events.push(Event::Exited {
-                    slot,
-                    status: r.status,
-                    usage: r.usage,
-                });
+                match &r.request {
+                    Some(outcome) => events.push(Event::Done {
+                        slot,
+                        outcome: outcome.clone(),
+                    }),
+                    None => events.push(Event::Exited {
+                        slot,
+                        status: r.status,
+                        usage: r.usage,
+                    }),
+                }
             }
             if r.exited
                 && let Some(Some(until)) = r.output_until
@@ -199,11 +244,12 @@ impl Host for &mut Fake {
                             .map(|d| script.runs_for.map(|r| now + r + d)),
                         exited: false,
                         usage: script.usage,
+                        request: script.request.clone(),
                     },
                 );
                 self.now += self.start_cost;
                 Started::Running {
-                    pid: Some(1000 + slot as i32),
+                    pid: script.request.is_none().then_some(1000 + slot as i32),
                     wall: SystemTime::now(),
                     output: script.output_lingers.is_some(),
                 }
@@ -234,6 +280,9 @@ impl Host for &mut Fake {
             {
                 r.exit_at = Some(now);
                 r.status = ExitStatus::Signal(sig);
+                if r.request.is_some() {
+                    r.request = Some(Outcome::Killed(sig));
+                }
             }
         }
     }

@@ -263,6 +263,8 @@ fn only_plans_start_everything_at_once_after_a_stall() {
         shard: None,
         template: Template::parse(&["true".into()]).unwrap(),
         program: None,
+        filter: crate::filter::Filter::default(),
+        request: None,
     };
     let plan = Plan::build(&spec, ids).unwrap();
     assert!(plan.manual);

@@ -19,7 +19,7 @@
 
 use std::time::{Instant, SystemTime};
 
-use crate::outcome::Skip;
+use crate::outcome::{Outcome, Skip};
 use crate::plan::Entry;
 use crate::platform::{ExitStatus, Usage};
 
@@ -108,4 +108,7 @@ pub enum Event {
     },
     /// Its output reached end of file.
     OutputClosed { slot: usize },
+    /// A task that is not a process (a request) ended with this outcome,
+    /// unless the engine had already timed it out.
+    Done { slot: usize, outcome: Outcome },
 }

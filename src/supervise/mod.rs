@@ -8,7 +8,7 @@
 //! A single thread does everything. It sleeps in `poll` on the signal
 //! self-pipe (and, with `--output tag`, the tasks' output pipes) until the
 //! next absolute deadline: the next planned start, a timeout, the end of a
-//! grace period. SIGCHLD wakes it to reap with `waitpid(-1, WNOHANG)`, so no
+//! grace period. SIGCHLD wakes it to reap with `wait4(-1, WNOHANG)`, so no
 //! child is ever polled in turn and no thread is spent per child; while it
 //! catches up on overdue starts it also reaps between starts, so zombies
 //! never fill the process table. Unless output is relayed, the spawner
@@ -73,7 +73,23 @@
 //!   does not fit is dropped and counted, and said once.
 //! * State records: handed to the state writer thread through a channel that
 //!   never blocks; the disk is that thread's business.
+//! * With `--url` ([`requests`]): `socket` and `connect` with `O_NONBLOCK`
+//!   (connecting is under way when `connect` returns), `read`, `write` and
+//!   one `recv(MSG_PEEK|MSG_DONTWAIT)` per reused connection, all on
+//!   non-blocking sockets that `poll` watches; TLS is computation on
+//!   buffers. The host's name is looked up once before the first start, on
+//!   a thread of its own that the run waits for at most 10 s (an IP literal
+//!   needs no lookup). Under `--output dir=` the body is written to the
+//!   instance's log file: a local file-system call, as above.
+//! * Paused and backed-off instances: decided before the run
+//!   ([`crate::health::prepare`]) and handed over as held slots in the plan;
+//!   the loop only records their outcome when their slot comes.
+//!
+//! What the same thread does after the loop has returned (the final merge
+//! of the records, the `--on-change` hooks, each bounded by
+//! `--hook-timeout`) is not on this list: no task is waiting for it.
 
+mod claims;
 pub mod engine;
 #[cfg(test)]
 mod fake;
@@ -81,6 +97,7 @@ mod fake;
 mod gate_tests;
 pub mod host;
 pub mod processes;
+pub mod requests;
 #[cfg(test)]
 mod tests;
 
@@ -94,6 +111,36 @@ use crate::output::OutputMode;
 use crate::plan::Plan;
 use crate::report::Report;
 use crate::{pressure, priority};
+
+/// The hosts' one sleep: `poll` on the signal self-pipe (`fds[0]`) and on
+/// one descriptor per slot (`fds[1..]`, `slots` in the same order) until
+/// `timeout`. Empties the self-pipe if it woke, and returns the slots whose
+/// descriptor is ready.
+fn poll_ready(
+    signals: &crate::platform::Signals,
+    mut fds: Vec<crate::platform::PollFd<'_>>,
+    slots: &[usize],
+    timeout: Option<Duration>,
+) -> Vec<usize> {
+    if let Err(err) = crate::platform::poll(&mut fds, timeout) {
+        // Not expected (EINTR is handled); sleep briefly rather than spin.
+        log::warn!("poll failed: {err}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let woke = fds.first().is_some_and(|fd| !fd.revents().is_empty());
+    let ready = fds
+        .iter()
+        .skip(1)
+        .zip(slots)
+        .filter(|(fd, _)| !fd.revents().is_empty())
+        .map(|(_, slot)| *slot)
+        .collect();
+    drop(fds);
+    if woke {
+        signals.drain();
+    }
+    ready
+}
 
 /// How tasks are supervised.
 #[derive(Debug, Clone)]
@@ -111,6 +158,8 @@ pub struct Options {
     /// Log each failure as a record of its own (when logging to syslog or
     /// the journal, where the end-of-run report on stderr is not seen).
     pub log_failures: bool,
+    /// `--url` with `https://`: the TLS configuration of every connection.
+    pub tls: Option<crate::http::Tls>,
     /// `--catch-up`: once behind schedule, starts go out at most this many
     /// times the planned rate (W/N ÷ FACTOR apart) until caught up.
     pub catch_up: f64,
@@ -153,6 +202,7 @@ impl Default for Options {
             max_defer: None,
             defer_action: DeferAction::Skip,
             priority: priority::Priority::default(),
+            tls: None,
         }
     }
 }
@@ -195,6 +245,10 @@ pub fn run(
     opts: &Options,
     observer: &mut dyn Observer,
 ) -> Result<Report> {
+    if plan.request.is_some() {
+        let host = requests::Requests::new(plan, opts)?;
+        return Ok(engine::Engine::new(host, plan, begun.start, opts, observer).run());
+    }
     let window_start = format!("{:.6}", crate::display::unix_secs(begun.start_wall));
     let host = processes::Processes::new(plan, opts, window_start)?;
     Ok(engine::Engine::new(host, plan, begun.start, opts, observer).run())

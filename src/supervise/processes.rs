@@ -1,7 +1,7 @@
 //! The real [`Host`]: tasks are processes, each the leader of its own
 //! process group, holding its instance's lock.
 //!
-//! Starting takes the lock (`O_NOFOLLOW|O_NONBLOCK` open, `LOCK_NB`), spawns
+//! Starting claims the lock ([`super::claims`], shared with every host), spawns
 //! through `posix_spawn` with the locked descriptor inherited, and writes
 //! the holder record, then gives the task's group its `--nice` and
 //! `--ionice` priorities. Reaping is `wait4(-1, WNOHANG)`, done only after
@@ -23,26 +23,22 @@
 //! one.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use log::{debug, info, warn};
-use signal_hook::consts::{SIGKILL, SIGTERM};
+use log::{debug, warn};
 
 use super::Options;
-use super::engine::first_signal;
+use super::claims::{Claims, signal_group};
 use super::host::{Event, Host, Started};
 use crate::display::quoted;
 use crate::exit;
-use crate::lock::{self, Attempt, Holder, StartTime};
-use crate::outcome::Skip;
+use crate::lock::{HolderTask, StartTime};
 use crate::output::{Capture, Outputs};
 use crate::plan::{Entry, Plan};
-use crate::platform::{self, FileId, Group, PollFd, PollFlags, Signals, later};
+use crate::platform::{self, Group, PollFd, PollFlags, Signals};
 use crate::pressure::Gauge;
 use crate::priority::Prioritizer;
-use crate::reclaim;
 use crate::spawn::{self, TaskEnv};
 
 /// What the host keeps for one started task.
@@ -53,13 +49,6 @@ struct Proc {
     capture: Capture,
 }
 
-/// A hung task of another, dead run, sent SIGTERM; SIGKILL is due.
-struct Hung {
-    kill_at: Instant,
-    group: Group,
-    tag: String,
-}
-
 pub struct Processes<'a> {
     plan: &'a Plan,
     opts: &'a Options,
@@ -67,13 +56,11 @@ pub struct Processes<'a> {
     outputs: Outputs,
     /// `SCATTER_WINDOW_START` for every task.
     window_start: String,
-    /// This run's own pid and start time, for holder records.
-    run_pid: i32,
-    run_start: Option<u64>,
+    /// Locks, holder records and hung holders of dead runs.
+    claims: Claims<'a>,
     procs: HashMap<usize, Proc>,
     /// Leaders not reaped yet, by pid.
     by_pid: HashMap<i32, usize>,
-    hung: Vec<Hung>,
     /// `--max-pressure`, `--max-load`.
     gauge: Option<Gauge>,
     /// `--nice`, `--ionice`.
@@ -85,18 +72,15 @@ impl<'a> Processes<'a> {
         let signals = Signals::install().context("cannot install signal handlers")?;
         let outputs = Outputs::new(&opts.output)?;
         let gauge = opts.pressure.as_ref().map(Gauge::open).transpose()?;
-        let run_pid = platform::pid();
         Ok(Processes {
             plan,
             opts,
             signals,
             outputs,
             window_start,
-            run_pid,
-            run_start: platform::proc_stat(run_pid).map(|s| s.starttime),
+            claims: Claims::new(plan, opts),
             procs: HashMap::new(),
             by_pid: HashMap::new(),
-            hung: Vec::new(),
             gauge,
             priority: Prioritizer::new(opts.priority),
         })
@@ -104,78 +88,6 @@ impl<'a> Processes<'a> {
 
     fn tag(&self, slot: usize) -> String {
         quoted(&self.plan.entries[slot].id)
-    }
-
-    /// Decides what a busy lock means: another run's task, or a hung one
-    /// whose run died, which is then killed.
-    fn busy(&mut self, tag: &str, id: &OsStr, holder: Option<Holder>, lock: FileId) -> Skip {
-        let raw = id.to_string_lossy();
-        let Some(holder) = holder else {
-            let who = "another process (no holder record in the lock file)".to_string();
-            info!(instance = &*raw; "{tag}: skipped: lock is held by {who}");
-            return Skip::Locked(who);
-        };
-        let who = holder.summary(SystemTime::now());
-        if !holder.is_overdue(platform::boottime_ticks()) {
-            info!(instance = &*raw; "{tag}: skipped: lock is held by {who}");
-            return Skip::Locked(who);
-        }
-        let Some(group) = reclaim::verified_group(&holder, lock) else {
-            info!(
-                instance = &*raw;
-                "{tag}: skipped: lock is held by {who}, past its timeout, but its run may still be alive or no process of its group holds the lock"
-            );
-            return Skip::Locked(who);
-        };
-        let limit = holder.timeout.unwrap_or_default();
-        let first = first_signal(self.opts.kill_after);
-        warn!(
-            instance = &*raw;
-            "{tag}: lock holder {who} is past its {} timeout and its run is gone; sending {} to its process group {}",
-            humantime::format_duration(limit),
-            platform::signal_name(first),
-            group.pgid
-        );
-        signal_group(group.pgid, first, tag);
-        if first == SIGTERM {
-            self.hung.push(Hung {
-                kill_at: later(Instant::now(), self.opts.kill_after),
-                group,
-                tag: tag.to_string(),
-            });
-        }
-        Skip::KilledHungHolder(who)
-    }
-
-    fn record_holder(&self, file: &lock::Locked, pid: i32, starttime: StartTime, tag: &str) {
-        let holder = Holder {
-            pid,
-            starttime,
-            started: SystemTime::now(),
-            timeout: self.opts.timeout,
-            grace: self.opts.kill_after,
-            run_pid: self.run_pid,
-            run_start: self.run_start,
-        };
-        if let Err(err) = file.record(&holder) {
-            warn!("{tag}: cannot write the holder record into its lock file: {err}");
-        }
-    }
-
-    fn fire_hung(&mut self) {
-        let now = Instant::now();
-        let (due, waiting): (Vec<Hung>, Vec<Hung>) =
-            self.hung.drain(..).partition(|h| h.kill_at <= now);
-        self.hung = waiting;
-        for hung in due {
-            if reclaim::still_holds(&hung.group) {
-                info!(
-                    "{}: hung process group {} survived SIGTERM; sending SIGKILL",
-                    hung.tag, hung.group.pgid
-                );
-                signal_group(hung.group.pgid, SIGKILL, &hung.tag);
-            }
-        }
     }
 
     fn failed(reason: String, code: u8) -> Started {
@@ -199,17 +111,9 @@ impl Host for Processes<'_> {
     fn start(&mut self, entry: &Entry) -> Started {
         let tag = quoted(&entry.id);
         let path = self.plan.path(entry);
-        if !path.is_dir() {
-            // Removed (a tenant deleted) since the plan was made.
-            info!(instance = &*entry.id.to_string_lossy(); "{tag}: skipped: its directory no longer exists");
-            return Started::Skipped(Skip::Vanished);
-        }
-        let file = match self.plan.try_lock(entry) {
-            Ok(Attempt::Acquired(locked)) => locked,
-            Ok(Attempt::Busy { holder, lock }) => {
-                return Started::Skipped(self.busy(&tag, &entry.id, holder, lock));
-            }
-            Err(err) => return Self::failed(err.to_string(), exit::FAILURE),
+        let file = match self.claims.claim(entry) {
+            Ok(locked) => locked,
+            Err(refused) => return refused,
         };
         let lock_id = file.id;
         let (output, capture) = match self.outputs.for_task(&entry.id, entry.slot) {
@@ -251,7 +155,8 @@ impl Host for Processes<'_> {
         };
         // Right after the exec: the gap is documented (README, `priority`).
         self.priority.apply(pid);
-        self.record_holder(&file, pid, starttime, &tag);
+        self.claims
+            .record(&file, pid, starttime, HolderTask::Process, &tag);
         drop(file);
         let output = matches!(capture, Capture::Pipe(_));
         self.procs.insert(
@@ -337,9 +242,7 @@ impl Host for Processes<'_> {
                 }
             }
         }
-        if !self.hung.is_empty() {
-            self.fire_hung();
-        }
+        self.claims.fire_hung();
     }
 
     fn wait(&mut self, deadline: Option<Instant>, events: &mut Vec<Event>) {
@@ -354,22 +257,7 @@ impl Host for Processes<'_> {
                 }
             }
         }
-        if let Err(err) = platform::poll(&mut fds, timeout) {
-            // Not expected (EINTR is handled); sleep briefly rather than spin.
-            warn!("poll failed: {err}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let woke = !fds[0].revents().is_empty();
-        let ready: Vec<usize> = fds[1..]
-            .iter()
-            .zip(&slots)
-            .filter(|(fd, _)| !fd.revents().is_empty())
-            .map(|(_, slot)| *slot)
-            .collect();
-        drop(fds);
-        if woke {
-            self.signals.drain();
-        }
+        let ready = super::poll_ready(&self.signals, fds, &slots, timeout);
         for slot in ready {
             let tag = self.tag(slot);
             let Some(proc_) = self.procs.get_mut(&slot) else {
@@ -421,7 +309,7 @@ impl Host for Processes<'_> {
     }
 
     fn pending(&self) -> Option<Instant> {
-        self.hung.iter().map(|h| h.kill_at).min()
+        self.claims.pending()
     }
 }
 
@@ -431,14 +319,5 @@ impl Drop for Processes<'_> {
         // this; the relay's take over first, so no stop signal falls in
         // between and is ignored while the report waits for its reader.
         crate::relay::arm();
-    }
-}
-
-fn signal_group(pgid: i32, sig: i32, tag: &str) {
-    if let Err(err) = platform::kill_group(pgid, sig) {
-        warn!(
-            "{tag}: cannot send {} to process group {pgid}: {err}",
-            platform::signal_name(sig)
-        );
     }
 }

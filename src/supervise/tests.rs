@@ -94,10 +94,7 @@ fn starts_go_out_at_their_slots_in_plan_order() {
 #[test]
 fn the_cap_holds_starts_back_and_the_schedule_then_resumes() {
     let plan = plan(4, secs(4.0));
-    let long = Script {
-        runs_for: Some(secs(2.5)),
-        ..Script::default()
-    };
+    let long = Script::runs(2.5);
     let scripts = HashMap::from([(0, long.clone()), (1, long)]);
     let mut fake = Fake::new(scripts);
     let opts = Options {
@@ -122,65 +119,35 @@ fn the_cap_holds_starts_back_and_the_schedule_then_resumes() {
 }
 
 #[test]
-fn a_timeout_sends_sigterm_then_sigkill_after_the_grace_period() {
-    let plan = plan(1, secs(1.0));
-    let stubborn = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
-    let mut fake = Fake::new(HashMap::from([(0, stubborn)]));
-    let opts = Options {
-        timeout: Some(secs(5.0)),
-        kill_after: secs(2.0),
-        ..Options::default()
-    };
-    let (report, _) = run(&plan, &mut fake, &opts);
-    assert_eq!(
-        signals(&fake),
-        [
-            (5.0, Call::Signal(0, SIGTERM)),
-            (7.0, Call::Signal(0, SIGKILL))
-        ]
-    );
-    assert_eq!(kinds(&report), ["timed_out"]);
-    assert_eq!(report.results[0].duration, Some(secs(7.0)));
-}
-
-#[test]
-fn a_timed_out_leader_that_exits_on_sigterm_still_gets_its_group_killed() {
-    let plan = plan(1, secs(1.0));
-    let polite = Script {
-        runs_for: None,
-        ..Script::default()
-    };
-    let mut fake = Fake::new(HashMap::from([(0, polite)]));
-    let opts = Options {
-        timeout: Some(secs(5.0)),
-        kill_after: secs(2.0),
-        ..Options::default()
-    };
-    let (report, _) = run(&plan, &mut fake, &opts);
-    // Children left in the group would keep the lock: the SIGKILL still
-    // goes out (the host checks the group is still the task's).
-    assert_eq!(
-        signals(&fake),
-        [
-            (5.0, Call::Signal(0, SIGTERM)),
-            (7.0, Call::Signal(0, SIGKILL))
-        ]
-    );
-    assert_eq!(kinds(&report), ["timed_out"]);
+fn a_timeout_sends_sigterm_then_sigkill_to_the_group_after_the_grace_period() {
+    // A leader that ignores SIGTERM, and one that exits on it: children
+    // left in the group would keep the lock, so the SIGKILL goes out either
+    // way (the host checks the group is still the task's).
+    for (script, ends) in [(Script::stubborn(), 7.0), (Script::forever(), 5.0)] {
+        let plan = plan(1, secs(1.0));
+        let mut fake = Fake::new(HashMap::from([(0, script)]));
+        let opts = Options {
+            timeout: Some(secs(5.0)),
+            kill_after: secs(2.0),
+            ..Options::default()
+        };
+        let (report, _) = run(&plan, &mut fake, &opts);
+        assert_eq!(
+            signals(&fake),
+            [
+                (5.0, Call::Signal(0, SIGTERM)),
+                (7.0, Call::Signal(0, SIGKILL))
+            ]
+        );
+        assert_eq!(kinds(&report), ["timed_out"]);
+        assert_eq!(report.results[0].duration, Some(secs(ends)));
+    }
 }
 
 #[test]
 fn kill_after_zero_kills_at_once() {
     let plan = plan(1, secs(1.0));
-    let script = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
+    let script = Script::stubborn();
     let mut fake = Fake::new(HashMap::from([(0, script)]));
     let opts = Options {
         timeout: Some(secs(3.0)),
@@ -197,22 +164,7 @@ fn a_timer_never_reaches_a_task_other_than_its_own() {
     // Slot 0 ends long before its timeout; slot 1 runs past slot 0's
     // timeout but not its own. Nothing is signalled.
     let plan = plan(2, secs(2.0));
-    let scripts = HashMap::from([
-        (
-            0,
-            Script {
-                runs_for: Some(secs(0.5)),
-                ..Script::default()
-            },
-        ),
-        (
-            1,
-            Script {
-                runs_for: Some(secs(2.5)),
-                ..Script::default()
-            },
-        ),
-    ]);
+    let scripts = HashMap::from([(0, Script::runs(0.5)), (1, Script::runs(2.5))]);
     let mut fake = Fake::new(scripts);
     let opts = Options {
         timeout: Some(secs(3.0)),
@@ -226,11 +178,7 @@ fn a_timer_never_reaches_a_task_other_than_its_own() {
 #[test]
 fn a_stop_signal_is_forwarded_then_escalated_and_the_rest_is_not_started() {
     let plan = plan(4, secs(4.0));
-    let stubborn = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
+    let stubborn = Script::stubborn();
     let scripts = HashMap::from([(0, stubborn.clone()), (1, stubborn)]);
     let mut fake = Fake::new(scripts);
     fake.stops.push((secs(1.5), SIGTERM));
@@ -263,11 +211,7 @@ fn a_stop_signal_is_forwarded_then_escalated_and_the_rest_is_not_started() {
 #[test]
 fn a_second_stop_signal_kills_at_once() {
     let plan = plan(1, secs(1.0));
-    let stubborn = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
+    let stubborn = Script::stubborn();
     let mut fake = Fake::new(HashMap::from([(0, stubborn)]));
     fake.stops.push((secs(1.0), SIGTERM));
     fake.stops.push((secs(1.2), SIGINT));
@@ -294,20 +238,8 @@ const SIGINT: i32 = 2;
 fn a_busy_lock_is_a_skip_and_a_failed_spawn_a_failed_start() {
     let plan = plan(3, secs(3.0));
     let scripts = HashMap::from([
-        (
-            0,
-            Script {
-                start: vec![FakeStart::Busy],
-                ..Script::default()
-            },
-        ),
-        (
-            1,
-            Script {
-                start: vec![FakeStart::Fail { again: false }],
-                ..Script::default()
-            },
-        ),
+        (0, Script::starting(vec![FakeStart::Busy])),
+        (1, Script::starting(vec![FakeStart::Fail { again: false }])),
     ]);
     let mut fake = Fake::new(scripts);
     let (report, seen) = run(&plan, &mut fake, &Options::default());
@@ -331,18 +263,9 @@ fn a_start_that_hits_a_process_limit_is_retried_once() {
     let scripts = HashMap::from([
         (
             0,
-            Script {
-                start: vec![FakeStart::Fail { again: true }, FakeStart::Run],
-                ..Script::default()
-            },
+            Script::starting(vec![FakeStart::Fail { again: true }, FakeStart::Run]),
         ),
-        (
-            1,
-            Script {
-                start: vec![FakeStart::Fail { again: true }],
-                ..Script::default()
-            },
-        ),
+        (1, Script::starting(vec![FakeStart::Fail { again: true }])),
     ]);
     let mut fake = Fake::new(scripts);
     let (report, _) = run(&plan, &mut fake, &Options::default());
@@ -362,10 +285,7 @@ fn a_start_that_hits_a_process_limit_is_retried_once() {
 fn retries_are_bounded_per_run() {
     let n = 400;
     let plan = plan(n, secs(1.0));
-    let never = Script {
-        start: vec![FakeStart::Fail { again: true }],
-        ..Script::default()
-    };
+    let never = Script::starting(vec![FakeStart::Fail { again: true }]);
     let scripts = (0..n).map(|slot| (slot, never.clone())).collect();
     let mut fake = Fake::new(scripts);
     let (report, _) = run(&plan, &mut fake, &Options::default());
@@ -431,10 +351,7 @@ fn failed_tasks_are_reported_to_the_host_as_failed() {
 #[test]
 fn detach_returns_after_the_last_start() {
     let plan = plan(2, secs(2.0));
-    let forever = Script {
-        runs_for: None,
-        ..Script::default()
-    };
+    let forever = Script::forever();
     let mut fake = Fake::new(HashMap::from([(0, forever.clone()), (1, forever)]));
     let opts = Options {
         detach: true,
@@ -449,11 +366,7 @@ fn detach_returns_after_the_last_start() {
 #[test]
 fn durations_at_their_largest_never_overflow() {
     let plan = plan(2, crate::cli::MAX_DURATION);
-    let forever = Script {
-        runs_for: None,
-        ignores_term: true,
-        ..Script::default()
-    };
+    let forever = Script::stubborn();
     let mut fake = Fake::new(HashMap::from([(0, forever)]));
     fake.stops.push((secs(1.0), SIGTERM));
     let opts = Options {
@@ -513,4 +426,106 @@ fn what_a_task_cost_reaches_its_result() {
     let (report, _) = run(&plan, &mut fake, &Options::default());
     assert_eq!(report.results[0].usage, None);
     assert_eq!(report.results[1].usage, Some(usage));
+}
+
+#[test]
+fn a_request_ends_with_its_own_outcome_and_a_timeout_ends_it_at_once() {
+    // --url: kill_after is zero, so a timed-out request is aborted at its
+    // timeout and the run does not wait out a grace period.
+    let plan = plan(3, secs(3.0));
+    let request = |outcome: Outcome, runs_for: Option<f64>| Script {
+        runs_for: runs_for.map(secs),
+        request: Some(outcome),
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([
+        (0, request(Outcome::Ok, Some(0.1))),
+        (1, request(Outcome::HttpStatus(503), Some(0.1))),
+        (2, request(Outcome::Ok, None)),
+    ]));
+    let opts = Options {
+        timeout: Some(secs(2.0)),
+        kill_after: Duration::ZERO,
+        max_concurrent: NonZeroUsize::new(64),
+        ..Options::default()
+    };
+    let (report, seen) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report), ["ok", "failed", "timed_out"]);
+    assert_eq!(report.results[1].outcome, Outcome::HttpStatus(503));
+    assert_eq!(signals(&fake), [(4.0, Call::Signal(2, SIGKILL))]);
+    assert_eq!(fake.now - fake.base, secs(4.0), "no grace period after it");
+    assert_eq!(seen.ended.len(), 3);
+    let ended = calls_of(&fake, |c| matches!(c, Call::Ended(..)));
+    assert_eq!(
+        ended,
+        [
+            (0.1, Call::Ended(0, false)),
+            (1.1, Call::Ended(1, true)),
+            (4.0, Call::Ended(2, true))
+        ]
+    );
+}
+
+#[test]
+fn a_stop_signal_aborts_requests_in_flight() {
+    let plan = plan(2, secs(2.0));
+    let script = Script {
+        runs_for: None,
+        request: Some(Outcome::Ok),
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, script)]));
+    fake.stops = vec![(secs(0.5), SIGTERM)];
+    let opts = Options {
+        kill_after: Duration::ZERO,
+        ..Options::default()
+    };
+    let (report, _) = run(&plan, &mut fake, &opts);
+    assert_eq!(kinds(&report), ["killed", "not_started"]);
+    assert_eq!(report.stopped_by, Some(SIGTERM));
+    assert_eq!(fake.now - fake.base, secs(0.5));
+}
+
+#[test]
+fn held_slots_get_their_outcome_at_their_slot_without_a_start_or_the_cap() {
+    let mut plan = plan(4, secs(4.0));
+    plan.hold(1, Outcome::Paused("paused by root".into()));
+    let long = Script {
+        runs_for: Some(secs(2.5)),
+        ..Script::default()
+    };
+    let mut fake = Fake::new(HashMap::from([(0, long)]));
+    let opts = Options {
+        max_concurrent: NonZeroUsize::new(1),
+        ..Options::default()
+    };
+    let (report, seen) = run(&plan, &mut fake, &opts);
+    // Slot 1 is passed over at its deadline (1.0) although the cap is
+    // full; slot 2 waits for slot 0, and slot 3 keeps its own deadline.
+    assert_eq!(
+        starts(&fake),
+        [
+            (0.0, Call::Start(0)),
+            (2.5, Call::Start(2)),
+            (3.0, Call::Start(3))
+        ]
+    );
+    assert_eq!(kinds(&report), ["ok", "paused", "ok", "ok"]);
+    assert_eq!(seen.started, [0, 2, 3]);
+    assert_eq!(seen.ended[0], (1, "paused".to_string()));
+    assert_eq!(report.cap_delayed, 1);
+    assert!(!report.results[1].outcome.is_failure());
+    assert_eq!(report.results[1].started, None);
+}
+
+#[test]
+fn a_held_slot_not_reached_before_a_stop_is_not_started() {
+    let mut plan = plan(3, secs(3.0));
+    plan.hold(0, Outcome::BackedOff(None));
+    plan.hold(2, Outcome::BackedOff(None));
+    let mut fake = Fake::new(HashMap::new());
+    fake.stops = vec![(secs(1.5), SIGTERM)];
+    let (report, _) = run(&plan, &mut fake, &Options::default());
+    assert_eq!(kinds(&report), ["backed_off", "ok", "not_started"]);
+    assert_eq!(starts(&fake), [(1.0, Call::Start(1))]);
 }

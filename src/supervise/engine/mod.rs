@@ -15,14 +15,13 @@
 //!
 //! Whether a due start may go beyond its deadline and the cap (the no-burst
 //! rule, the host's hold for pressure, `--max-defer`) is [`gate`]'s
-//! decision; stop signals to scatter itself are handled in [`stop`].
+//! decision; timers and stop signals are handled in [`stops`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
-use signal_hook::consts::{SIGKILL, SIGTERM};
 
 use super::host::{Event, Host, Started};
 use super::{Observer, Options};
@@ -32,10 +31,10 @@ use crate::plan::{Entry, Plan};
 use crate::platform::{self, ExitStatus, Usage, later};
 use crate::report::Report;
 use gate::{Clearance, Gate};
-use stop::Stop;
 
 mod gate;
-mod stop;
+mod stops;
+pub use stops::first_signal;
 
 /// EAGAIN retries a run may make: each start that hits a process limit is
 /// retried once after reaping, but a limit that never lifts (`--nproc=1`)
@@ -81,6 +80,13 @@ enum Timer {
     Kill,
     /// The grace period for reading its output after the leader exited.
     Drain,
+}
+
+/// A stop signal received by scatter itself.
+struct Stop {
+    signal: i32,
+    kill_at: Instant,
+    killed: bool,
 }
 
 pub struct Engine<'a, H: Host> {
@@ -167,6 +173,10 @@ impl<'a, H: Host> Engine<'a, H> {
                     status,
                     usage,
                 } => self.exited(slot, status, usage),
+                Event::Done { slot, outcome } => {
+                    let what = outcome.describe(None, None);
+                    self.ended(slot, outcome, what, None);
+                }
                 Event::OutputClosed { slot } => {
                     if let Some(task) = self.tasks.get_mut(&slot) {
                         task.output = false;
@@ -206,8 +216,10 @@ impl<'a, H: Host> Engine<'a, H> {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let start = (self.stop.is_none() && !self.cap_reached())
-            .then(|| self.plan.entries.get(self.next).map(|e| self.deadline(e)))
+        let next = self.plan.entries.get(self.next);
+        let held = next.is_some_and(|e| self.plan.held(e.slot).is_some());
+        let start = (self.stop.is_none() && (held || !self.cap_reached()))
+            .then(|| next.map(|e| self.deadline(e)))
             .flatten()
             .map(|due| self.gate.wake(self.next, due));
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
@@ -237,6 +249,12 @@ impl<'a, H: Host> Engine<'a, H> {
                 // Caught up with the schedule.
                 self.cap_waiting = false;
                 return;
+            }
+            if let Some(held) = self.plan.held(entry.slot) {
+                // Paused or backed off: its outcome, at its slot, no start.
+                self.next += 1;
+                self.record(entry.slot, TaskResult::new(held.clone()));
+                continue;
             }
             if self.cap_reached() {
                 self.cap_waiting = true;
@@ -342,6 +360,21 @@ impl<'a, H: Host> Engine<'a, H> {
     }
 
     fn exited(&mut self, slot: usize, status: ExitStatus, usage: Option<Usage>) {
+        let (outcome, what) = match status {
+            ExitStatus::Code(0) => (Outcome::Ok, "exited with status 0".to_string()),
+            ExitStatus::Code(c) => (Outcome::Failed(c), format!("exited with status {c}")),
+            ExitStatus::Signal(s) => (
+                Outcome::Killed(s),
+                format!("killed by {}", platform::signal_name(s)),
+            ),
+        };
+        self.ended(slot, outcome, what, usage);
+    }
+
+    /// The task's leader (or request) ended: `outcome` is its outcome unless
+    /// our timeout stopped it; `what` says how, for the debug log; `usage`
+    /// is what it cost, if the host knows.
+    fn ended(&mut self, slot: usize, outcome: Outcome, what: String, usage: Option<Usage>) {
         let now = self.host.now();
         let kill_after = self.opts.kill_after;
         let Some(task) = self.tasks.get_mut(&slot) else {
@@ -350,14 +383,7 @@ impl<'a, H: Host> Engine<'a, H> {
         let (outcome, kill_at) = match task.life {
             Life::Exited { .. } => return,
             Life::TimingOut { kill_at } => (Outcome::TimedOut, kill_at),
-            Life::Running => (
-                match status {
-                    ExitStatus::Code(0) => Outcome::Ok,
-                    ExitStatus::Code(code) => Outcome::Failed(code),
-                    ExitStatus::Signal(sig) => Outcome::Killed(sig),
-                },
-                None,
-            ),
+            Life::Running => (outcome, None),
         };
         task.life = Life::Exited { kill_at };
         if self
@@ -384,12 +410,8 @@ impl<'a, H: Host> Engine<'a, H> {
         }
         debug!(
             instance = &*self.plan.entries[slot].id.to_string_lossy();
-            "{}: {} after {}",
+            "{}: {what} after {}",
             self.tag(slot),
-            match status {
-                ExitStatus::Code(c) => format!("exited with status {c}"),
-                ExitStatus::Signal(s) => format!("killed by {}", platform::signal_name(s)),
-            },
             display::duration(duration)
         );
         self.host.ended(slot, result.outcome.is_failure());
@@ -401,66 +423,6 @@ impl<'a, H: Host> Engine<'a, H> {
         if self.tasks.get(&slot).is_some_and(Task::settled) {
             self.tasks.remove(&slot);
             self.host.forget(slot);
-        }
-    }
-
-    fn fire_timers(&mut self) {
-        let now = self.host.now();
-        while let Some(Reverse((at, kind, slot))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let kill_after = self.opts.kill_after;
-            let plan = self.plan;
-            let tag = || quoted(&plan.entries[slot].id);
-            let Some(task) = self.tasks.get_mut(&slot) else {
-                continue;
-            };
-            match (kind, task.life) {
-                (Timer::Timeout, Life::Running) => {
-                    let first = first_signal(kill_after);
-                    let kill_at = (first == SIGTERM).then(|| later(now, kill_after));
-                    task.life = Life::TimingOut { kill_at };
-                    if let Some(kill_at) = kill_at {
-                        self.timers.push(Reverse((kill_at, Timer::Kill, slot)));
-                    }
-                    info!(
-                        instance = &*self.plan.entries[slot].id.to_string_lossy();
-                        "{}: timed out; sending {} to its process group",
-                        tag(),
-                        platform::signal_name(first)
-                    );
-                    self.host.signal(&[slot], first);
-                }
-                (Timer::Kill, Life::TimingOut { kill_at: Some(due) })
-                | (Timer::Kill, Life::Exited { kill_at: Some(due) })
-                    if due == at =>
-                {
-                    task.life = match task.life {
-                        Life::TimingOut { .. } => Life::TimingOut { kill_at: None },
-                        _ => Life::Exited { kill_at: None },
-                    };
-                    info!(
-                        instance = &*self.plan.entries[slot].id.to_string_lossy();
-                        "{}: still running {} after SIGTERM; sending SIGKILL to its process group",
-                        tag(),
-                        display::duration(kill_after)
-                    );
-                    self.host.signal(&[slot], SIGKILL);
-                }
-                (Timer::Drain, Life::Exited { .. }) if task.output => {
-                    debug!(
-                        "{}: its output is still open after the grace period; closing it",
-                        tag()
-                    );
-                    task.output = false;
-                    self.host.close_output(slot);
-                }
-                // A timer of a task that has moved on since it was set.
-                _ => {}
-            }
-            self.remove_if_settled(slot);
         }
     }
 
@@ -501,6 +463,7 @@ impl<'a, H: Host> Engine<'a, H> {
             detached: self.opts.detach,
             cap_delayed: self.cap_delayed,
             pressure: self.gate.pressure,
+            ..Report::default()
         };
         if let Some((slot, late)) = report.max_lateness() {
             debug!(
@@ -513,15 +476,5 @@ impl<'a, H: Host> Engine<'a, H> {
             debug!("{} starts waited for --max-concurrent", self.cap_delayed);
         }
         report
-    }
-}
-
-/// The signal that starts stopping a group: SIGTERM, or SIGKILL at once when
-/// there is no grace period (`--kill-after 0s`).
-pub fn first_signal(kill_after: Duration) -> i32 {
-    if kill_after.is_zero() {
-        SIGKILL
-    } else {
-        SIGTERM
     }
 }
