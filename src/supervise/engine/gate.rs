@@ -133,7 +133,6 @@ impl<H: Host> Engine<'_, H> {
                             quoted(&entry.id)
                         );
                         self.record(slot, TaskResult::new(Outcome::Deferred));
-                        self.lift_if_last(slot, now);
                         return Clearance::Shed;
                     }
                     DeferAction::Start => {
@@ -171,15 +170,7 @@ impl<H: Host> Engine<'_, H> {
             }
         }
         self.gate.last_start = Some(now);
-        self.lift_if_last(slot, now);
         Clearance::Go
-    }
-
-    /// Nothing waits once the last slot is gone, whatever the pressure.
-    fn lift_if_last(&mut self, slot: usize, now: Instant) {
-        if slot + 1 >= self.plan.entries.len() {
-            self.lift_hold(now);
-        }
     }
 
     fn begin_hold(&mut self, now: Instant) {
@@ -189,7 +180,7 @@ impl<H: Host> Engine<'_, H> {
         }
     }
 
-    fn lift_hold(&mut self, now: Instant) {
+    pub(super) fn lift_hold(&mut self, now: Instant) {
         if self.gate.hold_since.take().is_some() {
             self.gate.hold_lifted = Some(now);
             self.observer.held(false);

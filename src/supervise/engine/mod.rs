@@ -241,6 +241,8 @@ impl<'a, H: Host> Engine<'a, H> {
     fn start_due(&mut self) {
         while self.stop.is_none() {
             let Some(entry) = self.plan.entries.get(self.next) else {
+                // Nothing is left to hold back, whatever the pressure.
+                self.lift_hold(self.host.now());
                 return;
             };
             let deadline = self.deadline(entry);
