@@ -21,6 +21,9 @@ use crate::output::OutputMode;
 use crate::plan::Order;
 use crate::shard::{self, Shard};
 
+mod protect;
+pub use protect::{MAX_CATCH_UP, ProtectArgs};
+
 const ABOUT: &str =
     "Spread one task per instance directory evenly across a time window, each under its own lock";
 
@@ -170,6 +173,26 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Text, env = "SCATTER_FORMAT")]
     pub format: Format,
+
+    /// List the costliest instances first: by the CPU time, peak memory (rss) or run time of
+    /// their last task, with those figures.
+    #[arg(long, value_enum, value_name = "KEY")]
+    pub sort: Option<SortKey>,
+
+    /// List only the first N instances.
+    #[arg(long, value_name = "N", value_parser = parse_top)]
+    pub top: Option<NonZeroUsize>,
+}
+
+/// `scatter status --sort`: what makes an instance costly.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// User and system CPU time of its last task.
+    Cpu,
+    /// Peak resident memory of its last task.
+    Rss,
+    /// Run time of its last task.
+    Duration,
 }
 
 const PAUSE_AFTER: &str = "\
@@ -327,6 +350,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", default_value = "inherit", env = "SCATTER_OUTPUT",
           value_parser = OutputMode::parse)]
     pub output: OutputMode,
+
+    /// Pacing by the host's pressure, catching up, the tasks' priority.
+    #[command(flatten)]
+    pub protect: ProtectArgs,
 
     /// Run only instances whose id matches this shell-style glob (repeatable).
     #[arg(long, value_name = "GLOB", env = "SCATTER_INCLUDE")]
@@ -509,6 +536,15 @@ fn parse_cap(s: &str) -> Result<NonZeroUsize, String> {
     }
 }
 
+fn parse_top(s: &str) -> Result<NonZeroUsize, String> {
+    match s.trim().parse::<usize>().map(NonZeroUsize::new) {
+        Ok(Some(n)) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of instances; give a whole number such as 10"
+        )),
+    }
+}
+
 fn parse_name(s: OsString) -> Result<OsString, String> {
     let bytes = <OsStr as std::os::unix::ffi::OsStrExt>::as_bytes(&s);
     if bytes.is_empty() {
@@ -528,71 +564,4 @@ fn parse_name(s: OsString) -> Result<OsString, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_window("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_window("1m 30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_window("500ms").unwrap(), Duration::from_millis(500));
-        assert!(parse_window("0s").unwrap_err().contains("zero"));
-        assert!(parse_window("-5s").unwrap_err().contains("negative"));
-        assert!(
-            parse_window("1 fortnight")
-                .unwrap_err()
-                .contains("fortnight")
-        );
-        assert!(parse_window("60").is_err());
-        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
-        assert_eq!(parse_duration("1y").unwrap(), MAX_DURATION);
-        for huge in ["1y 1s", "300000000000y", "18446744073709551615s"] {
-            let err = parse_duration(huge).unwrap_err();
-            assert!(err.contains(huge), "{err}");
-        }
-    }
-
-    #[test]
-    fn caps() {
-        assert_eq!(parse_cap("3").unwrap().get(), 3);
-        assert!(parse_cap("0").unwrap_err().contains("at least 1"));
-        assert!(parse_cap("-1").is_err());
-    }
-
-    #[test]
-    fn backoffs() {
-        let b = parse_backoff("1m,1h").unwrap();
-        assert_eq!(
-            (b.base, b.max),
-            (Duration::from_secs(60), Duration::from_secs(3600))
-        );
-        assert_eq!(parse_backoff("10s").unwrap().max, DEFAULT_BACKOFF_MAX);
-        assert_eq!(parse_backoff("2h").unwrap().max, Duration::from_secs(7200));
-        assert!(parse_backoff("1h,1m").unwrap_err().contains("shorter"));
-        assert!(parse_backoff("0s").unwrap_err().contains("zero"));
-        assert!(parse_backoff("1m,").is_err());
-        assert!(parse_backoff("1m,2y").unwrap_err().contains("1 year"));
-        assert!(parse_failures("0").unwrap_err().contains("at least 1"));
-        assert_eq!(parse_failures("3").unwrap().get(), 3);
-    }
-
-    #[test]
-    fn names() {
-        assert!(parse_name("checkmail".into()).is_ok());
-        assert!(parse_name("a/b".into()).unwrap_err().contains('/'));
-        assert!(parse_name("..".into()).is_err());
-        assert!(parse_name("".into()).is_err());
-    }
-
-    #[test]
-    fn help_lists_exit_codes() {
-        let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("Exit status:"), "{help}");
-    }
-}
+mod tests;

@@ -23,6 +23,8 @@ use crate::history;
 use crate::lock;
 use crate::output::OutputMode;
 use crate::plan;
+use crate::pressure;
+use crate::priority::Priority;
 use crate::shard::Shard;
 use crate::state;
 use crate::supervise::Options;
@@ -86,6 +88,25 @@ impl RunConfig {
                 "--detach under systemd: the service manager kills the tasks when scatter exits, unless the unit sets KillMode=process"
             );
         }
+        // `--only` runs at once, whatever the pressure: a manual run does
+        // what it is told, so its pressure flags are not even checked.
+        let pressure = if args.only.is_empty() {
+            match pressure::Spec::resolve(
+                &args.protect.max_pressure,
+                &args.protect.pressure_source,
+                args.protect.max_load,
+            ) {
+                Ok(spec) => spec,
+                // CI may check plans on a machine without PSI.
+                Err(err) if args.dry_run => {
+                    warn!("{err:#}");
+                    None
+                }
+                Err(err) => return Err(err),
+            }
+        } else {
+            None
+        };
         let filter = Filter::new(&args.include, &args.exclude)?;
         let on_change = args
             .on_change
@@ -111,6 +132,14 @@ impl RunConfig {
             // end of the run, not one record per failure.
             log_failures: crate::logging::structured() && args.report == health::ReportMode::Every,
             tls: None,
+            catch_up: args.protect.catch_up,
+            pressure,
+            max_defer: Some(args.protect.max_defer.unwrap_or(args.window / 2)),
+            defer_action: args.protect.max_defer_action,
+            priority: Priority {
+                nice: args.protect.nice,
+                io: args.protect.ionice,
+            },
         };
         if let Some(request) = &request {
             request.apply(&mut supervision);

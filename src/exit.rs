@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// Every instance ran and succeeded, or was skipped because its lock was
-/// busy, or was paused or backed off.
+/// busy, or was paused, backed off or deferred by pressure.
 pub const OK: u8 = 0;
 /// At least one task failed, was killed by a signal, timed out or could not
 /// be started.
@@ -38,7 +38,7 @@ pub const SIGNAL_BASE: u8 = 128;
 /// The exit-code table shown by `--help` and copied into the README.
 pub const HELP_TABLE: &str = "\
 Exit status:
-    0    every instance succeeded (--url: answered below 400), or was skipped (locked), paused or backed off
+    0    every instance succeeded (--url: answered below 400), or was skipped (locked), paused, backed off or deferred
     1    a task failed (--url: answered 400+ or not at all), was killed, timed out or could not start
     2    usage or configuration error; nothing was started
    66    the instances directory is missing or unreadable; nothing was started

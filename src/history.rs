@@ -151,6 +151,8 @@ impl<'a> History<'a> {
             run.exit_code = Some(exit_code);
             run.max_lateness_secs = report.max_lateness().map(|(_, l)| l.as_secs_f64());
             run.running = 0;
+            run.held_since = None;
+            run.delayed_by_pressure = report.pressure.delayed;
         });
         // After a full run, records of instances that no longer exist go
         // (those --include/--exclude leave out still exist). A shard sees
@@ -243,5 +245,10 @@ impl Observer for History<'_> {
         if let Some(writer) = &self.writer {
             writer.event(event);
         }
+    }
+
+    fn held(&mut self, held: bool) {
+        let since = held.then(|| unix_secs(SystemTime::now()));
+        self.run.update(|run| run.held_since = since);
     }
 }

@@ -24,7 +24,7 @@
 //!   code.
 //!
 //! This runs after the supervisor has returned, on the main thread: the
-//! supervisor reaps every child with `waitpid(-1)` and would take a hook's
+//! supervisor reaps every child with `wait4(-1)` and would take a hook's
 //! exit status from under it.
 
 use std::ffi::OsStr;

@@ -215,6 +215,46 @@ where
     d.deserialize_any(Items(std::marker::PhantomData))
 }
 
+/// The largest amount a record may name (kibibytes of memory and the
+/// like): 2^53, beyond which an `f64` no longer counts in ones.
+pub const MAX_AMOUNT: f64 = 9_007_199_254_740_992.0;
+
+/// An amount (a memory size, an average of one), if it is a plausible one:
+/// finite, between 0 and [`MAX_AMOUNT`].
+pub fn amount<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(number(Value::deserialize(d)?).filter(|x| (0.0..=MAX_AMOUNT).contains(x)))
+}
+
+/// A whole amount that may be absent: absent or of another shape reads as
+/// `None`, negative as 0, too large as [`MAX_AMOUNT`].
+pub fn whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let value = Value::deserialize(d)?;
+    if let Some(n) = value.as_u64() {
+        return Ok(Some(n.min(MAX_AMOUNT as u64)));
+    }
+    Ok(number(value).map(|x| x.clamp(0.0, MAX_AMOUNT) as u64))
+}
+
+/// A number in a text file another program writes (`/proc/loadavg`, a PSI
+/// file, a file a test or an admin wrote): the whole of `text` must be a
+/// plain decimal number inside `range`; anything else (`NaN`, `inf`, `1e9`
+/// out of range, a sign where none belongs, trailing bytes) is `None`.
+pub fn number_in(text: &str, range: std::ops::RangeInclusive<f64>) -> Option<f64> {
+    // Rust's parser also takes "inf", "NaN" and exponents; a kernel file
+    // never writes those, so they are refused before parsing.
+    let plain = !text.is_empty()
+        && text.len() <= 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    if !plain {
+        return None;
+    }
+    text.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && range.contains(x))
+}
+
 /// Integer types [`count`] can saturate into.
 pub trait Bounded {
     const MAX: Self;
@@ -312,6 +352,62 @@ mod tests {
         assert_eq!(r(r#"{"n":1e308}"#).n, u32::MAX);
         assert_eq!(r(r#"{"n":-5}"#).n, 0);
         assert_eq!(r(r#"{"n":2.7}"#).n, 2);
+    }
+
+    #[test]
+    fn numbers_in_text_files_are_plain_and_in_range() {
+        assert_eq!(number_in("12.34", 0.0..=100.0), Some(12.34));
+        assert_eq!(number_in("0", 0.0..=100.0), Some(0.0));
+        assert_eq!(number_in("100.00", 0.0..=100.0), Some(100.0));
+        for bad in [
+            "",
+            "-1",
+            "100.01",
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "1e2",
+            "1e308",
+            " 1",
+            "1 ",
+            "+1",
+            "1.2.3",
+            "--1",
+            "0x10",
+            "12%",
+            "99999999999999999999999999999999999",
+        ] {
+            assert_eq!(number_in(bad, 0.0..=100.0), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn amounts_and_wholes_are_bounded() {
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default)]
+        struct A {
+            #[serde(deserialize_with = "amount")]
+            a: Option<f64>,
+            #[serde(deserialize_with = "whole")]
+            w: Option<u64>,
+        }
+        let a: A = serde_json::from_str(r#"{"a":2.5,"w":7}"#).unwrap();
+        assert_eq!((a.a, a.w), (Some(2.5), Some(7)));
+        for bad in ["-1", "1e300", "\"NaN\"", "null", "[1]", "{}", "\"x\""] {
+            let a: A = serde_json::from_str(&format!(r#"{{"a":{bad}}}"#)).unwrap();
+            assert_eq!(a.a, None, "{bad}");
+        }
+        let huge: A = serde_json::from_str(r#"{"w":18446744073709551615}"#).unwrap();
+        assert_eq!(huge.w, Some(MAX_AMOUNT as u64));
+        let neg: A = serde_json::from_str(r#"{"w":-5}"#).unwrap();
+        assert_eq!(neg.w, Some(0));
+        let big: A = serde_json::from_str(r#"{"w":1e300}"#).unwrap();
+        assert_eq!(big.w, Some(MAX_AMOUNT as u64));
+        for absent in ["null", "\"7\"", "[7]"] {
+            let a: A = serde_json::from_str(&format!(r#"{{"w":{absent}}}"#)).unwrap();
+            assert_eq!(a.w, None, "{absent}");
+        }
     }
 
     #[test]

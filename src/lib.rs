@@ -10,7 +10,7 @@
 //! * engine and records: `supervise`, `reclaim`, `history`, `health`,
 //!   `hook`, `state`, `metrics`, `report`, `dryrun`;
 //! * domain: `plan`, `filter`, `discovery`, `template`, `shard`, `lock`,
-//!   `output`, `http`, `spawn`;
+//!   `output`, `http`, `spawn`, `pressure`, `priority`;
 //! * leaves: `outcome`, `transition`, `safedir`, `relay`, `logging`,
 //!   `platform`, `idcode`, `idhash`, `lenient`, `display`, `exit`.
 
@@ -45,6 +45,8 @@ pub mod output;
 pub mod pause;
 pub mod plan;
 pub mod platform;
+pub mod pressure;
+pub mod priority;
 pub mod reclaim;
 pub mod relay;
 pub mod report;

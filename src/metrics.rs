@@ -166,7 +166,79 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "1 if the instance was paused when the last run reached it, else 0.",
         &per_instance(&|r| Some(f64::from(u8::from(r.paused_since.is_some())))),
     );
+    render_costs(&mut out, s, &job, &label);
     out
+}
+
+/// What held the run back, and what each instance's task cost.
+fn render_costs(out: &mut String, s: &Snapshot<'_>, job: &str, label: &dyn Fn(&str) -> String) {
+    let mut gauge = |name: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", number(value));
+        }
+    };
+    gauge(
+        "scatter_run_delayed_by_pressure",
+        "Starts of the last run that waited for pressure to fall (--max-pressure, --max-load).",
+        vec![(job.to_string(), s.report.pressure.delayed as f64)],
+    );
+    gauge(
+        "scatter_run_pressure_delay_max_seconds",
+        "The longest a start of the last run waited for pressure, from its slot.",
+        vec![(
+            job.to_string(),
+            s.report.pressure.longest.map_or(0.0, |d| d.as_secs_f64()),
+        )],
+    );
+    let per_instance = |f: &dyn Fn(&InstanceRecord) -> Vec<(&'static str, f64)>| {
+        s.instances
+            .iter()
+            .flat_map(|(key, r)| {
+                f(r).into_iter()
+                    .map(move |(extra, v)| (format!("{}{extra}", label(key)), v))
+            })
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        "scatter_instance_last_cpu_seconds",
+        "CPU time of the instance's last task and the descendants it waited for, by mode.",
+        per_instance(&|r| {
+            [
+                (",mode=\"user\"", r.last_cpu_user_secs),
+                (",mode=\"system\"", r.last_cpu_sys_secs),
+            ]
+            .into_iter()
+            .filter_map(|(l, v)| v.map(|v| (l, v)))
+            .collect()
+        }),
+    );
+    gauge(
+        "scatter_instance_last_max_rss_bytes",
+        "Peak resident memory of the instance's last task (at least scatter's own, see the README).",
+        per_instance(&|r| {
+            r.last_max_rss_kib
+                .map(|k| ("", k as f64 * 1024.0))
+                .into_iter()
+                .collect()
+        }),
+    );
+    gauge(
+        "scatter_instance_cpu_seconds_average",
+        "CPU time of the instance's task, user and system, as a weighted average over runs (alpha 0.3).",
+        per_instance(&|r| r.avg_cpu_secs().map(|v| ("", v)).into_iter().collect()),
+    );
+    gauge(
+        "scatter_instance_max_rss_bytes_average",
+        "Peak resident memory of the instance's task, as a weighted average over runs (alpha 0.3).",
+        per_instance(&|r| {
+            r.avg_max_rss_kib
+                .map(|k| ("", k * 1024.0))
+                .into_iter()
+                .collect()
+        }),
+    );
 }
 
 /// The id shown for a record: its lossy id, or the key if none was stored.

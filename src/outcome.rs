@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::display;
 use crate::exit;
-use crate::platform::signal_name;
+use crate::platform::{Usage, signal_name};
 
 /// Why an instance was skipped. Skips are not failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,10 @@ pub enum Outcome {
     /// a record that does not keep it). Not a failure of this run, though
     /// the instance still counts as failing.
     BackedOff(Option<SystemTime>),
+    /// Not started: the host stayed under pressure (`--max-pressure`,
+    /// `--max-load`) for longer than `--max-defer` past its slot. Not a
+    /// failure; the next run tries again.
+    Deferred,
 }
 
 /// The stable name of an outcome, without its details.
@@ -96,6 +100,7 @@ pub enum Kind {
     Detached,
     Paused,
     BackedOff,
+    Deferred,
     /// A name this build does not know (written by a newer release, or
     /// crafted). Never written.
     Unknown,
@@ -103,7 +108,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind a run can produce, in the order summaries list them.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Ok,
         Kind::Failed,
         Kind::Killed,
@@ -114,6 +119,7 @@ impl Kind {
         Kind::Detached,
         Kind::Paused,
         Kind::BackedOff,
+        Kind::Deferred,
     ];
 
     /// The name used in JSON, state records and metrics labels.
@@ -129,6 +135,7 @@ impl Kind {
             Kind::Detached => "detached",
             Kind::Paused => "paused",
             Kind::BackedOff => "backed_off",
+            Kind::Deferred => "deferred",
             Kind::Unknown => "unknown",
         }
     }
@@ -195,6 +202,7 @@ impl Outcome {
             Outcome::HttpStatus(_) | Outcome::RequestFailed(_) => Kind::Failed,
             Outcome::Paused(_) => Kind::Paused,
             Outcome::BackedOff(_) => Kind::BackedOff,
+            Outcome::Deferred => Kind::Deferred,
         }
     }
 
@@ -231,6 +239,7 @@ impl Outcome {
                 Some(at) => format!("failing; next attempt at {}", clock(*at)),
                 None => "failing; next attempt unknown".to_string(),
             }),
+            Outcome::Deferred => Some(DEFERRED_REASON.to_string()),
             _ => None,
         }
     }
@@ -286,6 +295,7 @@ impl Outcome {
             Kind::Detached => Outcome::Detached,
             Kind::Paused => Outcome::Paused(reason.unwrap_or("paused").to_string()),
             Kind::BackedOff => Outcome::BackedOff(None),
+            Kind::Deferred => Outcome::Deferred,
             Kind::Unknown => return None,
         })
     }
@@ -332,6 +342,7 @@ impl Outcome {
             Outcome::RequestFailed(reason) => format!("request failed{after}: {reason}"),
             Outcome::Paused(reason) => reason.clone(),
             Outcome::BackedOff(_) => format!("backed off: {}", self.reason().unwrap_or_default()),
+            Outcome::Deferred => format!("deferred: {DEFERRED_REASON}"),
         }
     }
 }
@@ -340,6 +351,10 @@ impl Outcome {
 pub fn clock(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+/// Why an instance was deferred, as reports and records say it.
+pub const DEFERRED_REASON: &str =
+    "the host was under pressure for longer than --max-defer past its slot";
 
 /// What happened to one planned instance.
 #[derive(Debug, Clone)]
@@ -351,6 +366,8 @@ pub struct TaskResult {
     pub duration: Option<Duration>,
     /// How late the start was against its slot.
     pub lateness: Option<Duration>,
+    /// What the task cost (CPU, peak memory), if it was reaped.
+    pub usage: Option<Usage>,
 }
 
 impl TaskResult {
@@ -360,6 +377,7 @@ impl TaskResult {
             started: None,
             duration: None,
             lateness: None,
+            usage: None,
         }
     }
 
@@ -452,6 +470,7 @@ mod tests {
             Outcome::BackedOff(Some(
                 SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             )),
+            Outcome::Deferred,
         ]
     }
 

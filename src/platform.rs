@@ -1,5 +1,6 @@
-//! Linux plumbing for processes: signals, reaping, process groups, `/proc`,
-//! `poll` and the boot clock.
+//! Linux plumbing for processes: signals, reaping (with each task's resource
+//! usage), process groups and their priorities, `/proc`, `poll` and the boot
+//! clock.
 //!
 //! Every process-level call below the level of `std` lives here, so the
 //! supervisor reads as policy; the file-system calls that must not follow
@@ -25,7 +26,12 @@ use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 
 mod net;
+mod prio;
+mod rusage;
+
 pub use net::{connect_nonblocking, peer_closed};
+pub use prio::{io_priority_of, nice_of, set_group_io_priority, set_group_nice};
+pub use rusage::{Usage, online_cpus, reap_any};
 
 /// The effective uid scatter runs as.
 pub fn euid() -> u32 {
@@ -269,26 +275,6 @@ pub fn ticks(d: Duration) -> u64 {
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
-}
-
-/// Reaps one terminated child of any process group, without blocking.
-/// `None` when no child has terminated (or there are no children).
-pub fn reap_any() -> io::Result<Option<(i32, ExitStatus)>> {
-    // `rustix::process::wait` is waitpid(-1): `waitpid(None, …)` would be
-    // waitpid(0), which never sees children in their own process groups.
-    match rustix::process::wait(WaitOptions::NOHANG) {
-        Ok(Some((pid, status))) => {
-            let exit = match (status.exit_status(), status.terminating_signal()) {
-                (Some(code), _) => ExitStatus::Code(code),
-                (None, Some(sig)) => ExitStatus::Signal(sig),
-                // Stopped or continued: not an exit, and not requested.
-                _ => return Ok(None),
-            };
-            Ok(Some((pid.as_raw_nonzero().get(), exit)))
-        }
-        Ok(None) | Err(Errno::CHILD) => Ok(None),
-        Err(err) => Err(err.into()),
-    }
 }
 
 /// Whether child `pid` has exited, without reaping it (`WNOWAIT`): until

@@ -35,6 +35,19 @@ pub struct Report {
     pub widespread: bool,
     /// The changes this run recorded (`--report changes`, `--on-change`).
     pub changes: Vec<Notice>,
+    /// Starts the host held back (`--max-pressure`, `--max-load`), and the
+    /// longest time one of them was held past its slot.
+    pub pressure: Held,
+}
+
+/// Starts held back by pressure, as the report counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Starts that waited for pressure to fall (or were forced by
+    /// `--max-defer-action start`).
+    pub delayed: usize,
+    /// The longest of those waits, counted from the slot.
+    pub longest: Option<Duration>,
 }
 
 impl Report {
@@ -83,6 +96,8 @@ impl Report {
                 Outcome::FailedToStart { code, .. } => *code,
                 Outcome::NotStarted => exit::FAILURE,
                 Outcome::Detached | Outcome::Paused(_) | Outcome::BackedOff(_) => exit::OK,
+                // `--only` never waits for pressure; not a failure anyway.
+                Outcome::Deferred => exit::OK,
             };
         }
         if self.results.iter().any(|r| r.outcome.is_failure()) {
@@ -159,6 +174,9 @@ impl Report {
             started: Option<f64>,
             duration_secs: Option<f64>,
             lateness_secs: Option<f64>,
+            cpu_user_secs: Option<f64>,
+            cpu_sys_secs: Option<f64>,
+            max_rss_kib: Option<u64>,
         }
         #[derive(Serialize)]
         struct Doc<'a> {
@@ -171,6 +189,9 @@ impl Report {
             counts: serde_json::Map<String, serde_json::Value>,
             max_lateness_secs: Option<f64>,
             delayed_by_cap: usize,
+            delayed_by_pressure: usize,
+            max_pressure_delay_secs: Option<f64>,
+            deferred: usize,
             widespread: bool,
             changes: &'a [Notice],
             instances: Vec<Instance>,
@@ -191,6 +212,9 @@ impl Report {
                 started: r.started.map(unix_secs),
                 duration_secs: r.duration.map(|d| d.as_secs_f64()),
                 lateness_secs: r.lateness.map(|d| d.as_secs_f64()),
+                cpu_user_secs: r.usage.map(|u| u.user.as_secs_f64()),
+                cpu_sys_secs: r.usage.map(|u| u.system.as_secs_f64()),
+                max_rss_kib: r.usage.map(|u| u.max_rss_kib),
             })
             .collect();
         let doc = Doc {
@@ -207,6 +231,13 @@ impl Report {
                 .collect(),
             max_lateness_secs: self.max_lateness().map(|(_, l)| l.as_secs_f64()),
             delayed_by_cap: self.cap_delayed,
+            delayed_by_pressure: self.pressure.delayed,
+            max_pressure_delay_secs: self.pressure.longest.map(|d| d.as_secs_f64()),
+            deferred: self
+                .results
+                .iter()
+                .filter(|r| r.outcome == Outcome::Deferred)
+                .count(),
             widespread: self.widespread,
             changes: &self.changes,
             instances,

@@ -9,9 +9,25 @@ use std::time::{Duration, SystemTime};
 use crate::metrics;
 use crate::outcome::{Kind, Outcome, Skip, TaskResult};
 use crate::plan::Plan;
-use crate::report::Report;
+use crate::platform::Usage;
+use crate::report::{Held, Report};
 use crate::state::{self, Event, InstanceRecord, StateDir, Trigger};
 use crate::status;
+
+const USAGE: Usage = Usage {
+    user: Duration::from_millis(1500),
+    system: Duration::from_millis(250),
+    max_rss_kib: 4096,
+};
+
+/// Whether the engine reaped the task of this outcome, and so knows what it
+/// cost (a request is no process: it has no such figures).
+fn reaped(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Ok | Outcome::Failed(_) | Outcome::Killed(_) | Outcome::TimedOut
+    )
+}
 
 /// Outcomes whose kind another one already shows (a request's failures
 /// are `failed`), checked through every place all the same.
@@ -37,6 +53,7 @@ fn every_outcome() -> Vec<Outcome> {
         Outcome::Detached,
         Outcome::Paused("paused by root since 2027-01-15T08:00:00Z: moving".into()),
         Outcome::BackedOff(Some(next_attempt())),
+        Outcome::Deferred,
     ];
     // The list covers every kind, in summary order.
     assert_eq!(all.iter().map(Outcome::kind).collect::<Vec<_>>(), Kind::ALL);
@@ -73,6 +90,7 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
             started: Some(now),
             duration: Some(Duration::from_secs(2)),
             lateness: Some(Duration::ZERO),
+            usage: reaped(o).then_some(USAGE),
         })
         .collect();
     let report = Report {
@@ -81,6 +99,10 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
         timeout: Some(Duration::from_secs(5)),
         detached: false,
         cap_delayed: 0,
+        pressure: Held {
+            delayed: 3,
+            longest: Some(Duration::from_millis(2500)),
+        },
         ..Report::default()
     };
 
@@ -89,11 +111,18 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
     report.write_json(&plan, &mut json).unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&json).unwrap();
     let count = |kind: &str| outcomes.iter().filter(|o| o.kind().name() == kind).count();
+    assert_eq!(doc["delayed_by_pressure"], 3);
+    assert_eq!(doc["max_pressure_delay_secs"], 2.5);
+    assert_eq!(doc["deferred"], count("deferred"));
     for (i, outcome) in outcomes.iter().enumerate() {
         let inst = &doc["instances"][i];
         let kind = outcome.kind().name();
         assert_eq!(inst["outcome"], kind);
         assert_eq!(doc["counts"][kind], count(kind));
+        let cost = reaped(outcome);
+        assert_eq!(inst["cpu_user_secs"].as_f64(), cost.then_some(1.5));
+        assert_eq!(inst["cpu_sys_secs"].as_f64(), cost.then_some(0.25));
+        assert_eq!(inst["max_rss_kib"].as_u64(), cost.then_some(4096));
         assert_eq!(
             inst["http_status"].as_u64(),
             outcome.http_status().map(u64::from)
@@ -161,11 +190,11 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
     for outcome in &outcomes {
         let record = &read[&name_of(outcome)];
         match outcome {
-            // Skips are kept apart from the last outcome; not-started
-            // leaves the record alone.
-            Outcome::Skipped(skip) => {
+            // Skips and deferrals are kept apart from the last outcome;
+            // not-started leaves the record alone.
+            Outcome::Skipped(_) | Outcome::Deferred => {
                 assert_eq!(record.outcome, None);
-                assert_eq!(record.last_skip_reason, Some(skip.reason()));
+                assert_eq!(record.last_skip_reason, outcome.reason());
             }
             Outcome::NotStarted => assert_eq!(record.outcome, None),
             // Holds are kept apart too: the last attempt's outcome stays
@@ -181,6 +210,10 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
                 assert_eq!(back.describe(None, None), outcome.describe(None, None));
                 assert_eq!(record.http_status, outcome.http_status());
                 assert_eq!(record.failing(), outcome.is_failure());
+                let reaped = reaped(outcome);
+                assert_eq!(record.last_cpu_secs(), reaped.then_some(1.75));
+                assert_eq!(record.last_max_rss_kib, reaped.then_some(4096));
+                assert_eq!(record.avg_max_rss_kib, reaped.then_some(4096.0));
             }
         }
     }
@@ -204,7 +237,8 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
             Outcome::Skipped(_)
             | Outcome::NotStarted
             | Outcome::Paused(_)
-            | Outcome::BackedOff(_) => {
+            | Outcome::BackedOff(_)
+            | Outcome::Deferred => {
                 assert!(view["outcome"].is_null())
             }
             _ => {
@@ -222,6 +256,20 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
     }
     let failing = outcomes.iter().filter(|o| o.is_failure()).count();
     assert_eq!(status.failing, failing);
+    // The cost view: every task that was reaped shows its figures.
+    let mut costly = status::gather(&dir, "job".as_ref(), Some(tmp.path()), now).unwrap();
+    status::cost::rank(&mut costly, Some(crate::cli::SortKey::Cpu), None);
+    let mut text = Vec::new();
+    status::write_text(&costly, false, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    for outcome in &outcomes {
+        let name = name_of(outcome);
+        let figures = "cpu 1.8s (user 1.5s, sys 250ms)  rss 4 MiB";
+        let shown = text
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name.as_str()) && l.contains(figures));
+        assert_eq!(shown, reaped(outcome), "{name}: {figures} in {text}");
+    }
 
     // The metrics.
     let snapshot = metrics::Snapshot {
@@ -258,6 +306,15 @@ fn check_everywhere(outcomes: Vec<Outcome>, name_of: impl Fn(&Outcome) -> String
                 "{name} next attempt in {prom}"
             );
         }
+        let reaped = reaped(outcome);
+        let cpu = format!(
+            "scatter_instance_last_cpu_seconds{{scatter_name=\"job\",instance_id=\"{name}\",mode=\"user\"}} 1.5\n"
+        );
+        assert_eq!(prom.contains(&cpu), reaped, "{cpu} in {prom}");
+        let rss = format!(
+            "scatter_instance_last_max_rss_bytes{{scatter_name=\"job\",instance_id=\"{name}\"}} 4194304\n"
+        );
+        assert_eq!(prom.contains(&rss), reaped, "{rss} in {prom}");
         if let Some(code) = read[&name].last_outcome().and_then(|o| o.shell_status()) {
             assert!(
                 prom.contains(&format!(

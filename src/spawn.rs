@@ -70,7 +70,7 @@ pub fn spawn(
     // only matters if the caller keeps it, so a failure here is harmless.
     let _ = platform::set_inheritable(lock.as_fd(), false);
     // Dropping the Child neither waits nor kills: the supervisor reaps every
-    // child itself with waitpid(-1).
+    // child itself with wait4(-1).
     Ok(spawned?.id() as i32)
 }
 

@@ -12,6 +12,8 @@
 //!
 //! The exit code is 1 when any instance's last outcome is a failure (a
 //! paused instance excepted), so the command works as a Nagios-style check.
+//! `--sort` and `--top` turn the instance list into a list of the costliest
+//! tenants ([`cost`]).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -39,6 +41,8 @@ use crate::safedir::SafeDir;
 use crate::state::health::short_reason;
 use crate::state::{InstanceRecord, Pause, RunRecord, StateDir, Widespread};
 
+pub mod cost;
+
 /// Runs `scatter status` and returns its exit code.
 pub fn run(args: StatusArgs) -> Result<u8> {
     let name = match (&args.name, &args.instances) {
@@ -56,7 +60,8 @@ pub fn run(args: StatusArgs) -> Result<u8> {
     };
     let state_path = crate::state::path_for(args.state_dir.as_deref(), &name)?;
     let dir = StateDir::existing(&state_path)?;
-    let status = gather(&dir, &name, args.lock_dir.as_deref(), SystemTime::now())?;
+    let mut status = gather(&dir, &name, args.lock_dir.as_deref(), SystemTime::now())?;
+    cost::rank(&mut status, args.sort, args.top);
     let mut out = std::io::stdout().lock();
     match args.format {
         Format::Json => {
@@ -96,6 +101,16 @@ pub struct Status {
     /// Failing instances, paused ones excepted.
     pub failing: usize,
     pub exit_code: u8,
+    /// `--sort`: what `instances` are ordered by (`None`: failing first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort: Option<&'static str>,
+    /// Instances left out by `--top`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_shown: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +131,11 @@ pub struct RunView {
     pub counts: BTreeMap<String, usize>,
     pub ended: Option<f64>,
     pub exit_code: Option<u8>,
+    /// How long due starts have been waiting for pressure to fall, if they
+    /// are (a live run only).
+    pub waiting_for_pressure_secs: Option<f64>,
+    /// Starts that waited for pressure.
+    pub delayed_by_pressure: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -220,6 +240,8 @@ pub fn gather(
         widespread: ledger.job.widespread,
         failing,
         exit_code: if failing > 0 { exit::FAILURE } else { exit::OK },
+        sort: None,
+        not_shown: 0,
     })
 }
 
@@ -250,6 +272,11 @@ fn run_view(r: &RunRecord, now: f64) -> RunView {
         counts: r.counts.clone(),
         ended: r.ended,
         exit_code: r.exit_code,
+        waiting_for_pressure_secs: r
+            .held_since
+            .filter(|_| alive)
+            .map(|since| (now - since).max(0.0)),
+        delayed_by_pressure: r.delayed_by_pressure,
     }
 }
 
@@ -321,7 +348,7 @@ const RESET: &str = "\x1b[0m";
 
 /// Seconds for humans. Records are validated when read, but this is the
 /// last line of defence: NaN, negative and huge values cannot panic here.
-fn secs(s: f64) -> String {
+pub(crate) fn secs(s: f64) -> String {
     let d = Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX);
     display::duration(d)
 }
@@ -347,7 +374,10 @@ pub fn write_text(s: &Status, color: bool, out: &mut impl Write) -> std::io::Res
         write_pauses(s, out)?;
         writeln!(out)?;
     }
-    write_instances(s, paint, out)
+    match s.sort {
+        Some(key) => cost::write_costs(s, key, out),
+        None => write_instances(s, paint, out),
+    }
 }
 
 fn write_pauses(s: &Status, out: &mut impl Write) -> std::io::Result<()> {
@@ -415,11 +445,14 @@ fn write_runs(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Result
             writeln!(out, "{}", paint.on(YELLOW, line))?;
             continue;
         }
-        let eta = if r.eta_last_start_secs > 0.0 {
+        let mut eta = if r.eta_last_start_secs > 0.0 {
             format!("last start in {}", secs(r.eta_last_start_secs))
         } else {
             "all started".to_string()
         };
+        if let Some(waiting) = r.waiting_for_pressure_secs {
+            eta.push_str(&format!("; waiting for pressure for {}", secs(waiting)));
+        }
         writeln!(
             out,
             "  {}  pid {} ({trigger}) running for {}: {} of {} started, {} running, {} finished; {eta}",
@@ -485,7 +518,11 @@ fn write_running(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Res
 }
 
 fn write_instances(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::Result<()> {
-    let head = format!("Instances ({} of {} failing)", s.failing, s.instances.len());
+    let head = format!(
+        "Instances ({} of {} failing)",
+        s.failing,
+        s.instances.len() + s.not_shown
+    );
     writeln!(out, "{}", paint.on(BOLD, head))?;
     let width = column_width(s.instances.iter().map(|i| i.record.id.as_str()));
     for i in &s.instances {
@@ -534,12 +571,15 @@ fn write_instances(s: &Status, paint: Paint, out: &mut impl Write) -> std::io::R
             writeln!(out, "{line}")?;
         }
     }
+    if s.not_shown > 0 {
+        writeln!(out, "  and {} more (--top)", s.not_shown)?;
+    }
     Ok(())
 }
 
 /// Aligns a column of ids, unless one very long id would push the next
 /// column far right.
-fn column_width<'a>(ids: impl Iterator<Item = &'a str>) -> usize {
+pub(crate) fn column_width<'a>(ids: impl Iterator<Item = &'a str>) -> usize {
     ids.map(|id| quoted(id).chars().count())
         .max()
         .unwrap_or(0)

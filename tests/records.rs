@@ -13,10 +13,15 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
 
+use std::num::NonZeroUsize;
+
+use scatter::cli::SortKey;
 use scatter::health::{self, Backoff, Closing};
 use scatter::lock::Holder;
+use scatter::metrics;
 use scatter::outcome::Kind;
 use scatter::plan::Plan;
+use scatter::report::Report;
 use scatter::state::StateDir;
 use scatter::status;
 
@@ -71,6 +76,12 @@ const INSTANCE_FIELDS: &[&str] = &[
     "last_skip_at",
     "trigger",
     "updated",
+    "last_cpu_user_secs",
+    "last_cpu_sys_secs",
+    "last_max_rss_kib",
+    "avg_cpu_user_secs",
+    "avg_cpu_sys_secs",
+    "avg_max_rss_kib",
     "backoff_level",
     "next_attempt",
     "failing_since",
@@ -121,6 +132,8 @@ const RUN_FIELDS: &[&str] = &[
     "ended",
     "exit_code",
     "max_lateness_secs",
+    "held_since",
+    "delayed_by_pressure",
     "widespread",
 ];
 
@@ -171,6 +184,35 @@ fn render_all(instances: &[u8], run: &[u8], pauses: &[u8], notified: &[u8]) {
         let mut text = Vec::new();
         status::write_text(&s, true, &mut text).unwrap();
         serde_json::to_vec(&s).unwrap();
+    }
+    // Every cost view, and the metrics, of the same records.
+    for key in [
+        None,
+        Some(SortKey::Cpu),
+        Some(SortKey::Rss),
+        Some(SortKey::Duration),
+    ] {
+        if let Ok(mut s) = status::gather(&dir, OsStr::new("job"), Some(&locks), now) {
+            status::cost::rank(&mut s, key, NonZeroUsize::new(2));
+            let mut text = Vec::new();
+            status::write_text(&s, false, &mut text).unwrap();
+            serde_json::to_vec(&s).unwrap();
+        }
+    }
+    if let Ok(records) = dir.instances() {
+        let report = Report::default();
+        let prom = metrics::render(&metrics::Snapshot {
+            name: "job",
+            report: &report,
+            duration: Duration::ZERO,
+            ended: 0.0,
+            instances: &records,
+        });
+        // Every value a sample can take is a number Prometheus reads.
+        for line in prom.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "{line}");
+        }
     }
     let Ok(mut ledger) = dir.ledger() else {
         return;
@@ -368,6 +410,7 @@ fn consecutive_failures_at_the_limit_stay_there() {
                 started: Some(SystemTime::now()),
                 duration: Some(Duration::from_secs(1)),
                 lateness: None,
+                usage: None,
             },
         },
     );

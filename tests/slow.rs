@@ -88,3 +88,93 @@ fn stopped_runs_account_for_every_instance_and_leave_nothing_behind() {
         }
     }
 }
+
+/// Kills a process group, led by the child it holds, when dropped, so a
+/// failing check leaves no busy loop behind.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        util::kill_group(self.0.id() as i32);
+        let _ = self.0.wait();
+    }
+}
+
+/// `some avg10` of /proc/pressure/cpu.
+fn cpu_pressure() -> f64 {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").expect("PSI in /proc/pressure");
+    scatter::pressure::parse_psi(text.as_bytes()).expect("a some avg10 line")
+}
+
+#[test]
+#[ignore = "slow: real CPU pressure from busy loops"]
+fn real_cpu_pressure_holds_starts_until_it_falls() {
+    use std::os::unix::process::CommandExt;
+    use std::time::Instant;
+    const LIMIT: f64 = 40.0;
+    let loops = 2 * scatter::platform::online_cpus();
+    let busy = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "i=0; while [ $i -lt $1 ]; do (while :; do :; done) & i=$((i+1)); done; wait",
+            "sh",
+            &loops.to_string(),
+        ])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let busy = Group(busy);
+    let began = Instant::now();
+    while cpu_pressure() < LIMIT + 20.0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(90),
+            "{loops} busy loops did not raise cpu pressure above {}: {}",
+            LIMIT + 20.0,
+            cpu_pressure()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "{loops} busy loops: cpu some avg10 {:.1} % after {:.1}s",
+        cpu_pressure(),
+        began.elapsed().as_secs_f64()
+    );
+    let fx = Fixture::with(&["a", "b", "c", "d"]);
+    let mut cmd = fx.run(&[
+        "--window",
+        "2s",
+        "--max-pressure",
+        &format!("cpu={LIMIT}"),
+        "--max-defer",
+        "5m",
+        "--format",
+        "json",
+        "--",
+    ]);
+    cmd.arg(&fx.recorder).arg("{}");
+    let child = util::spawn(&mut cmd);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(fx.records().is_empty(), "a task started under pressure");
+    drop(busy);
+    let released = scatter::display::unix_secs(std::time::SystemTime::now());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["counts"]["ok"], 4, "{doc}");
+    assert_eq!(doc["delayed_by_pressure"], 4, "{doc}");
+    let longest = doc["max_pressure_delay_secs"].as_f64().unwrap();
+    assert!(longest > 5.0, "{doc}");
+    let starts: Vec<f64> = doc["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["started"].as_f64().unwrap() - released)
+        .collect();
+    eprintln!(
+        "busy loops stopped; the 4 starts followed {:.1}s to {:.1}s later (cpu some avg10 now {:.1} %); longest delay from a slot {longest:.1}s",
+        starts.iter().copied().fold(f64::INFINITY, f64::min),
+        starts.iter().copied().fold(0.0, f64::max),
+        cpu_pressure()
+    );
+}

@@ -6,6 +6,8 @@
 mod util;
 
 mod architecture;
+mod catch_up;
+mod cost;
 mod deploy;
 mod docs;
 mod dry_run;
@@ -17,6 +19,7 @@ mod limits;
 mod locks;
 mod names;
 mod observe;
+mod pressure;
 mod properties;
 mod records;
 mod run;

@@ -303,7 +303,7 @@ _scatter() {
             return 0
             ;;
         scatter__subcmd__run)
-            opts="-v -q -h --instances --window --lock-dir --name --order --only --dry-run --format --max-concurrent --timeout --kill-after --detach --shard --shards --state-dir --keep-runs --metrics-file --output --include --exclude --backoff --report --failures-before-report --remind --on-change --hook-timeout --with-state --url --method --header --data --cacert --verbose --quiet --log --help"
+            opts="-v -q -h --instances --window --lock-dir --name --order --only --dry-run --format --max-concurrent --timeout --kill-after --detach --shard --shards --state-dir --keep-runs --metrics-file --output --max-pressure --pressure-source --max-load --max-defer --max-defer-action --catch-up --nice --ionice --include --exclude --backoff --report --failures-before-report --remind --on-change --hook-timeout --with-state --url --method --header --data --cacert --verbose --quiet --log --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -373,6 +373,38 @@ _scatter() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --max-pressure)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pressure-source)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-load)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-defer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-defer-action)
+                    COMPREPLY=($(compgen -W "skip start" -- "${cur}"))
+                    return 0
+                    ;;
+                --catch-up)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nice)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ionice)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --include)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -437,7 +469,7 @@ _scatter() {
             return 0
             ;;
         scatter__subcmd__status)
-            opts="-v -q -h --name --instances --state-dir --lock-dir --format --verbose --quiet --log --help"
+            opts="-v -q -h --name --instances --state-dir --lock-dir --format --sort --top --verbose --quiet --log --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -461,6 +493,14 @@ _scatter() {
                     ;;
                 --format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --sort)
+                    COMPREPLY=($(compgen -W "cpu rss duration" -- "${cur}"))
+                    return 0
+                    ;;
+                --top)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --log)

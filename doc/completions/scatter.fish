@@ -57,6 +57,15 @@ complete -c scatter -n "__fish_scatter_using_subcommand run" -l state-dir -d 'Wh
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l keep-runs -d 'Keep this many run records in the state directory' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l metrics-file -d 'At the end of the run, write Prometheus metrics here (textfile collector)' -r -F
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l output -d 'Task output: inherit, null, tag, dir=PATH or on-failure' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l max-pressure -d 'Hold due starts while the PSI "some avg10" of RESOURCE (cpu, memory or io) is above PERCENT (repeatable, or comma-separated)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l pressure-source -d 'Where PSI is read: system (/proc/pressure), cgroup (scatter\'s own cgroup v2 directory), or a directory of RESOURCE.pressure files' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l max-load -d 'Hold due starts while the 1-minute load average per online CPU is above LOAD' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l max-defer -d 'How long past its slot a start may wait for pressure to fall [default: half the window]' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l max-defer-action -d 'Past --max-defer: skip the start (outcome deferred, not a failure), or start it anyway with a warning' -r -f -a "skip\t'Skip it, with the outcome `deferred` (not a failure)'
+start\t'Start it anyway, with a warning'"
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l catch-up -d 'Once behind schedule (after a stall, the cap or pressure), start at most FACTOR times the planned rate until caught up' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l nice -d 'Nice value of each task\'s process group, -20 to 19 (scatter\'s own is unchanged)' -r
+complete -c scatter -n "__fish_scatter_using_subcommand run" -l ionice -d 'I/O priority of each task\'s process group: idle, best-effort[:LEVEL] or realtime[:LEVEL], LEVEL 0 (highest) to 7, default 4' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l include -d 'Run only instances whose id matches this shell-style glob (repeatable)' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l exclude -d 'Leave out instances whose id matches this glob, such as \'lost+found\' (repeatable)' -r
 complete -c scatter -n "__fish_scatter_using_subcommand run" -l backoff -d 'After k failures in a row, attempt an instance at most once per BASE*2^(k-1), up to MAX (default 1h), e.g. 1m,1h' -r
@@ -89,6 +98,10 @@ complete -c scatter -n "__fish_scatter_using_subcommand status" -l state-dir -d 
 complete -c scatter -n "__fish_scatter_using_subcommand status" -l lock-dir -d 'Lock base directory [default: the one the last run used]' -r -F
 complete -c scatter -n "__fish_scatter_using_subcommand status" -l format -d 'Output format' -r -f -a "text\t''
 json\t''"
+complete -c scatter -n "__fish_scatter_using_subcommand status" -l sort -d 'List the costliest instances first: by the CPU time, peak memory (rss) or run time of their last task, with those figures' -r -f -a "cpu\t'User and system CPU time of its last task'
+rss\t'Peak resident memory of its last task'
+duration\t'Run time of its last task'"
+complete -c scatter -n "__fish_scatter_using_subcommand status" -l top -d 'List only the first N instances' -r
 complete -c scatter -n "__fish_scatter_using_subcommand status" -l log -d 'Where diagnostics go: stderr, syslog (facility cron), journald, or auto (journald when stderr is connected to the journal)' -r -f -a "stderr\t''
 syslog\t''
 journald\t''

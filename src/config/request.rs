@@ -43,11 +43,19 @@ pub fn from_args(args: &RunArgs) -> Result<Option<RequestConfig>> {
         }
         return Ok(None);
     };
-    // Options about a process refuse --url; --nice and --ionice belong
-    // here too, when they exist.
+    // Options about a process refuse --url.
     if args.detach {
         return Err(Fatal::usage("--detach cannot be combined with --url")
             .hint("the request is made by scatter itself, so it ends when scatter does; drop --detach")
+            .into());
+    }
+    let priority = [
+        (args.protect.nice.is_some(), "--nice"),
+        (args.protect.ionice.is_some(), "--ionice"),
+    ];
+    if let Some((_, flag)) = priority.iter().find(|(set, _)| *set) {
+        return Err(Fatal::usage(format!("{flag} cannot be combined with --url"))
+            .hint("a request is made by scatter itself, not by a task process whose priority could be set; drop the option")
             .into());
     }
     let template = RequestTemplate::parse(url, args.method, &args.headers, args.data.as_deref())?;

@@ -40,6 +40,7 @@ fn outcome(file: &mut InstancesFile, id: &str, o: Outcome, at: f64) {
                 started: Some(wall(at)),
                 duration: Some(Duration::from_millis(1200)),
                 lateness: None,
+                usage: None,
             },
         },
     );

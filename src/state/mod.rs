@@ -6,7 +6,8 @@
 //!
 //! * `instances.json`: one record per instance, keyed by its encoded id
 //!   (never by position): last start, end and duration, outcome with exit
-//!   code or signal, consecutive failures, last skip reason, trigger.
+//!   code or signal, consecutive failures, last skip reason, trigger, and
+//!   what its task cost (last and average).
 //! * `runs/<run-id>.json`: one record per run: pid, start, planned end of
 //!   the spreading, progress, counts per outcome, running/finished/aborted.
 //! * `pauses.json` and `notified.json`: pauses, and how far the
@@ -44,5 +45,8 @@ pub use dir::{
     MAX_INSTANCES_FILE, MAX_RUN_RECORD, STATE_DIRS, SYSTEM_STATE_BASE, StateDir, path_for,
 };
 pub use health::{JobHealth, Notice, Pause, Settle, Widespread};
-pub use records::{Alert, Event, InstanceRecord, InstancesFile, RunRecord, Trigger, apply, run_id};
+pub use records::{
+    Alert, EWMA_ALPHA, Event, InstanceRecord, InstancesFile, RunRecord, Trigger, apply, ewma,
+    run_id,
+};
 pub use writer::{Progress, Writer, Written};

@@ -2,6 +2,10 @@
 //! one event changes an instance's record. Every field is read leniently
 //! ([`crate::lenient`]), since anyone who can write the state directory, or
 //! another release, may have written it.
+//!
+//! What a task cost (CPU time, peak memory) is kept as the last value and
+//! as an exponentially weighted average over runs ([`EWMA_ALPHA`]), so one
+//! odd run neither hides nor dominates a tenant's usual cost.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -15,6 +19,9 @@ use crate::lenient;
 use crate::outcome::{Kind, Outcome, RunState, TaskResult};
 
 use super::health::{JobHealth, Notice};
+
+/// The weight of the newest run in the averages of a task's cost.
+pub const EWMA_ALPHA: f64 = 0.3;
 
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +82,40 @@ pub struct InstanceRecord {
     /// When this record last changed (unix seconds).
     #[serde(deserialize_with = "lenient::time_or_zero")]
     pub updated: f64,
+    /// What the last task cost: user and system CPU seconds, peak resident
+    /// memory in KiB (of its leader and the descendants it waited for).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::secs"
+    )]
+    pub last_cpu_user_secs: Option<f64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::secs"
+    )]
+    pub last_cpu_sys_secs: Option<f64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::whole"
+    )]
+    pub last_max_rss_kib: Option<u64>,
+    /// The same, as exponentially weighted averages over the runs that
+    /// reported them (α = [`EWMA_ALPHA`]).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::secs"
+    )]
+    pub avg_cpu_user_secs: Option<f64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::secs"
+    )]
+    pub avg_cpu_sys_secs: Option<f64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::amount"
+    )]
+    pub avg_max_rss_kib: Option<f64>,
     /// Failures in a row that were not part of a widespread failure: the
     /// `--backoff` level. Success resets it; a widespread failure leaves it.
     #[serde(deserialize_with = "lenient::count")]
@@ -113,6 +154,22 @@ impl InstanceRecord {
     /// Whether the last outcome is a failure.
     pub fn failing(&self) -> bool {
         self.outcome.is_some_and(Kind::is_failure)
+    }
+
+    /// The last task's CPU time, user and system together.
+    pub fn last_cpu_secs(&self) -> Option<f64> {
+        match (self.last_cpu_user_secs, self.last_cpu_sys_secs) {
+            (None, None) => None,
+            (user, sys) => Some(user.unwrap_or(0.0) + sys.unwrap_or(0.0)),
+        }
+    }
+
+    /// The averages of CPU time, user and system together.
+    pub fn avg_cpu_secs(&self) -> Option<f64> {
+        match (self.avg_cpu_user_secs, self.avg_cpu_sys_secs) {
+            (None, None) => None,
+            (user, sys) => Some(user.unwrap_or(0.0) + sys.unwrap_or(0.0)),
+        }
     }
 
     /// The last outcome, rebuilt from what the record keeps of it; `None`
@@ -198,6 +255,13 @@ pub struct RunRecord {
     pub exit_code: Option<u8>,
     #[serde(deserialize_with = "lenient::secs")]
     pub max_lateness_secs: Option<f64>,
+    /// Since when due starts are held back by pressure (unix seconds);
+    /// `None` while they are not.
+    #[serde(deserialize_with = "lenient::time")]
+    pub held_since: Option<f64>,
+    /// Starts that waited for pressure so far.
+    #[serde(deserialize_with = "lenient::count")]
+    pub delayed_by_pressure: usize,
     /// Most of the run's attempts failed: likely a shared service, not
     /// each tenant.
     #[serde(deserialize_with = "lenient::or_default")]
@@ -225,8 +289,8 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
     match &r.outcome {
         Outcome::NotStarted | Outcome::Paused(_) => {}
         Outcome::BackedOff(next) => record.next_attempt = next.map(unix_secs),
-        Outcome::Skipped(skip) => {
-            record.last_skip_reason = Some(skip.reason());
+        Outcome::Skipped(_) | Outcome::Deferred => {
+            record.last_skip_reason = r.outcome.reason();
             record.last_skip_at = Some(at);
         }
         outcome => {
@@ -251,7 +315,27 @@ pub fn apply(record: &mut InstanceRecord, event: &Event) {
                 record.next_attempt = None;
                 record.failing_since = None;
             }
+            if let Some(usage) = r.usage {
+                let user = usage.user.as_secs_f64();
+                let sys = usage.system.as_secs_f64();
+                let rss = usage.max_rss_kib as f64;
+                record.last_cpu_user_secs = Some(user);
+                record.last_cpu_sys_secs = Some(sys);
+                record.last_max_rss_kib = Some(usage.max_rss_kib);
+                record.avg_cpu_user_secs = Some(ewma(record.avg_cpu_user_secs, user));
+                record.avg_cpu_sys_secs = Some(ewma(record.avg_cpu_sys_secs, sys));
+                record.avg_max_rss_kib = Some(ewma(record.avg_max_rss_kib, rss));
+            }
         }
+    }
+}
+
+/// The next value of an exponentially weighted average: the first sample
+/// starts it.
+pub fn ewma(average: Option<f64>, sample: f64) -> f64 {
+    match average {
+        Some(avg) => avg + EWMA_ALPHA * (sample - avg),
+        None => sample,
     }
 }
 

@@ -19,8 +19,52 @@ fn event(id: &str, outcome: Outcome) -> Event {
             started: Some(SystemTime::now()),
             duration: Some(Duration::from_millis(1500)),
             lateness: None,
+            usage: None,
         },
     }
+}
+
+#[test]
+fn a_tasks_cost_is_kept_as_last_value_and_weighted_average() {
+    use crate::platform::Usage;
+    let costing = |user_ms: u64, rss: u64| {
+        let mut e = event("a", Outcome::Ok);
+        e.result.usage = Some(Usage {
+            user: Duration::from_millis(user_ms),
+            system: Duration::from_millis(100),
+            max_rss_kib: rss,
+        });
+        e
+    };
+    let mut r = InstanceRecord::default();
+    apply(&mut r, &costing(1000, 2000));
+    assert_eq!(r.last_cpu_user_secs, Some(1.0));
+    assert_eq!(r.avg_cpu_user_secs, Some(1.0), "the first sample starts it");
+    assert_eq!(r.avg_max_rss_kib, Some(2000.0));
+    apply(&mut r, &costing(2000, 1000));
+    assert_eq!(r.last_cpu_user_secs, Some(2.0));
+    assert_eq!(r.last_max_rss_kib, Some(1000));
+    assert!((r.avg_cpu_user_secs.unwrap() - 1.3).abs() < 1e-9);
+    assert!((r.avg_max_rss_kib.unwrap() - 1700.0).abs() < 1e-9);
+    assert!((r.last_cpu_secs().unwrap() - 2.1).abs() < 1e-9);
+    // A skip, a deferral or a failure to start changes none of it.
+    apply(&mut r, &event("a", Outcome::Deferred));
+    apply(
+        &mut r,
+        &event(
+            "a",
+            Outcome::FailedToStart {
+                reason: "x".into(),
+                code: 1,
+            },
+        ),
+    );
+    assert_eq!(r.last_cpu_user_secs, Some(2.0));
+    assert!((r.avg_cpu_user_secs.unwrap() - 1.3).abs() < 1e-9);
+    assert_eq!(
+        r.last_skip_reason.as_deref(),
+        Some(crate::outcome::DEFERRED_REASON)
+    );
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! A fake [`Host`] on a fake clock, for the engine's unit tests: tasks are
 //! scripts (how long they run, how they exit, whether they ignore SIGTERM,
-//! what starting them does), and every call the engine makes is logged with
-//! the fake instant it was made at.
+//! what starting them does, what they cost), and every call the engine
+//! makes is logged with the fake instant it was made at. The host can hold
+//! starts back for a while, take time to start each task (a saturated
+//! machine), or stall: stop, as SIGSTOP or a frozen VM stops scatter, while
+//! its clock runs on.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::host::{Event, Host, Started};
 use crate::outcome::{Outcome, Skip};
 use crate::plan::Entry;
-use crate::platform::ExitStatus;
+use crate::platform::{ExitStatus, Usage};
 
 pub const SIGTERM: i32 = 15;
 pub const SIGKILL: i32 = 9;
@@ -30,6 +33,8 @@ pub struct Script {
     /// Its output stays open this long after the leader exits (`None`: it
     /// has no relayed output).
     pub output_lingers: Option<Duration>,
+    /// What the host reports it cost when it is reaped.
+    pub usage: Option<Usage>,
     /// A task that is not a process (a request): it has no pid and ends
     /// with this outcome instead of an exit status.
     pub request: Option<Outcome>,
@@ -50,6 +55,7 @@ impl Default for Script {
             ignores_term: false,
             start: vec![FakeStart::Run],
             output_lingers: None,
+            usage: None,
             request: None,
         }
     }
@@ -104,6 +110,7 @@ struct Running {
     ignores_term: bool,
     output_until: Option<Option<Instant>>,
     exited: bool,
+    usage: Option<Usage>,
     request: Option<Outcome>,
 }
 
@@ -118,6 +125,13 @@ pub struct Fake {
     pub calls: Vec<(Duration, Call)>,
     /// Starts are held back until this offset from the start.
     pub hold_until: Option<Duration>,
+    /// Starts are held back during each of these spans (from, until).
+    pub holds: Vec<(Duration, Duration)>,
+    /// scatter is stopped from the first offset to the second: nothing it
+    /// waits for is seen before then.
+    pub stall: Option<(Duration, Duration)>,
+    /// How long each start takes.
+    pub start_cost: Duration,
     waits: usize,
 }
 
@@ -133,6 +147,9 @@ impl Fake {
             stops: Vec::new(),
             calls: Vec::new(),
             hold_until: None,
+            holds: Vec::new(),
+            stall: None,
+            start_cost: Duration::ZERO,
             waits: 0,
         }
     }
@@ -158,6 +175,7 @@ impl Fake {
                     None => events.push(Event::Exited {
                         slot,
                         status: r.status,
+                        usage: r.usage,
                     }),
                 }
             }
@@ -225,9 +243,11 @@ impl Host for &mut Fake {
                             .output_lingers
                             .map(|d| script.runs_for.map(|r| now + r + d)),
                         exited: false,
+                        usage: script.usage,
                         request: script.request.clone(),
                     },
                 );
+                self.now += self.start_cost;
                 Started::Running {
                     pid: script.request.is_none().then_some(1000 + slot as i32),
                     wall: SystemTime::now(),
@@ -238,8 +258,14 @@ impl Host for &mut Fake {
     }
 
     fn hold_starts(&mut self) -> Option<Instant> {
-        let until = self.base + self.hold_until?;
-        (until > self.now).then_some(until)
+        let now = self.now - self.base;
+        let spans = self.hold_until.map(|until| (Duration::ZERO, until));
+        spans
+            .into_iter()
+            .chain(self.holds.iter().copied())
+            .filter(|(from, until)| *from <= now && now < *until)
+            .map(|(_, until)| self.base + until)
+            .max()
     }
 
     fn signal(&mut self, slots: &[usize], sig: i32) {
@@ -270,7 +296,16 @@ impl Host for &mut Fake {
         assert!(self.waits < 10_000, "the engine does not make progress");
         let next = [deadline, self.next_event()].into_iter().flatten().min();
         let next = next.expect("the engine would sleep forever");
-        self.now = self.now.max(next);
+        let mut to = self.now.max(next);
+        if let Some((from, until)) = self.stall
+            && self.now < self.base + from
+            && self.base + from <= to
+        {
+            // Stopped: the wake-up comes when it resumes, not before.
+            to = to.max(self.base + until);
+            self.stall = None;
+        }
+        self.now = to;
         self.collect(events);
     }
 

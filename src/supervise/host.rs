@@ -21,7 +21,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::outcome::{Outcome, Skip};
 use crate::plan::Entry;
-use crate::platform::ExitStatus;
+use crate::platform::{ExitStatus, Usage};
 
 /// What the engine needs from the operating system.
 pub trait Host {
@@ -99,8 +99,13 @@ pub enum Started {
 /// Something that happened to a running task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Its leader exited and was reaped.
-    Exited { slot: usize, status: ExitStatus },
+    /// Its leader exited and was reaped; `usage` is what it cost, if the
+    /// host knows.
+    Exited {
+        slot: usize,
+        status: ExitStatus,
+        usage: Option<Usage>,
+    },
     /// Its output reached end of file.
     OutputClosed { slot: usize },
     /// A task that is not a process (a request) ended with this outcome,

@@ -8,7 +8,7 @@
 //! A single thread does everything. It sleeps in `poll` on the signal
 //! self-pipe (and, with `--output tag`, the tasks' output pipes) until the
 //! next absolute deadline: the next planned start, a timeout, the end of a
-//! grace period. SIGCHLD wakes it to reap with `waitpid(-1, WNOHANG)`, so no
+//! grace period. SIGCHLD wakes it to reap with `wait4(-1, WNOHANG)`, so no
 //! child is ever polled in turn and no thread is spent per child; while it
 //! catches up on overdue starts it also reaps between starts, so zombies
 //! never fill the process table. Unless output is relayed, the spawner
@@ -19,6 +19,15 @@
 //! `--max-concurrent` holds starts back, they happen late but none is
 //! skipped, and the schedule resumes on its original deadlines. A start that
 //! fails with EAGAIN (a process limit) is retried once after reaping.
+//!
+//! Starts that fell behind (scatter was stopped, the machine froze, the cap
+//! or the host's pressure held them) never go out in a burst: until the
+//! schedule is caught up, consecutive starts are at least W/N ÷ `--catch-up`
+//! apart. A machine too slow to start at the planned rate never gets there,
+//! so the rule adds it no delay. While the host holds starts for pressure
+//! (`--max-pressure`, `--max-load`), a start that waited `--max-defer` past
+//! its slot is skipped as `deferred` (or, with `--max-defer-action start`,
+//! started anyway).
 //!
 //! Timeouts and stop signals act on a task's whole process group: SIGTERM
 //! first, SIGKILL after the grace period (`--kill-after`), even if the
@@ -34,7 +43,17 @@
 //!   with the next deadline as its timeout; a signal wakes it.
 //! * `read` on the self-pipe and on tag pipes: both are `O_NONBLOCK`
 //!   (scatter's own ends, never shared).
-//! * `waitpid(-1, WNOHANG)`, `kill`, `clock_gettime`: never block.
+//! * `wait4(-1, WNOHANG)` (which also returns the task's resource usage),
+//!   `kill`, `clock_gettime`: never block.
+//! * `setpriority(PRIO_PGRP)` and `ioprio_set(IOPRIO_WHO_PGRP)` right after
+//!   a spawn, for `--nice` and `--ionice`: they set a field of each process
+//!   in the group and never wait for it.
+//! * The pressure files (`--max-pressure`, `--max-load`): at most every
+//!   500 ms while starts are due, `openat` (`O_NOFOLLOW|O_NONBLOCK`) through
+//!   a directory descriptor opened before the run, a read of at most 4 KiB
+//!   and `close`. In `/proc` and cgroupfs these are generated in memory and
+//!   never block; a `--pressure-source DIR` is the admin's choice of local
+//!   directory, with the same caveat as the lock directory below.
 //! * `stat` of the instance directory before its start, `openat` (with
 //!   `O_NOFOLLOW|O_NONBLOCK`, so a planted FIFO cannot block the open),
 //!   `fstat`, `flock(LOCK_NB)` and `pwrite` of the holder record on the lock
@@ -74,6 +93,8 @@ mod claims;
 pub mod engine;
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod gate_tests;
 pub mod host;
 pub mod processes;
 pub mod requests;
@@ -89,6 +110,7 @@ use crate::outcome::TaskResult;
 use crate::output::OutputMode;
 use crate::plan::Plan;
 use crate::report::Report;
+use crate::{pressure, priority};
 
 /// The hosts' one sleep: `poll` on the signal self-pipe (`fds[0]`) and on
 /// one descriptor per slot (`fds[1..]`, `slots` in the same order) until
@@ -138,6 +160,32 @@ pub struct Options {
     pub log_failures: bool,
     /// `--url` with `https://`: the TLS configuration of every connection.
     pub tls: Option<crate::http::Tls>,
+    /// `--catch-up`: once behind schedule, starts go out at most this many
+    /// times the planned rate (W/N ÷ FACTOR apart) until caught up.
+    pub catch_up: f64,
+    /// `--max-pressure`, `--max-load`: what due starts wait for (`None`:
+    /// nothing, as for `--only`).
+    pub pressure: Option<pressure::Spec>,
+    /// `--max-defer`: how long past its slot a start may wait for pressure
+    /// (`None`: as long as it takes).
+    pub max_defer: Option<Duration>,
+    /// `--max-defer-action`: what happens to a start past `--max-defer`.
+    pub defer_action: DeferAction,
+    /// `--nice`, `--ionice`: applied to each task's process group.
+    pub priority: priority::Priority,
+}
+
+/// The default `--catch-up` factor.
+pub const CATCH_UP: f64 = 4.0;
+
+/// What becomes of a start that waited for pressure past `--max-defer`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeferAction {
+    /// Skip it, with the outcome `deferred` (not a failure).
+    #[default]
+    Skip,
+    /// Start it anyway, with a warning.
+    Start,
 }
 
 impl Default for Options {
@@ -149,6 +197,11 @@ impl Default for Options {
             detach: false,
             output: OutputMode::Inherit,
             log_failures: false,
+            catch_up: CATCH_UP,
+            pressure: None,
+            max_defer: None,
+            defer_action: DeferAction::Skip,
+            priority: priority::Priority::default(),
             tls: None,
         }
     }
@@ -160,6 +213,8 @@ pub trait Observer {
     fn started(&mut self, _slot: usize) {}
     /// The instance of `slot` has its final outcome for this run.
     fn ended(&mut self, _slot: usize, _result: &TaskResult) {}
+    /// Due starts are now held back by the host (pressure), or no longer.
+    fn held(&mut self, _held: bool) {}
 }
 
 /// An observer that ignores everything.

@@ -3,9 +3,12 @@
 //!
 //! Starting claims the lock ([`super::claims`], shared with every host), spawns
 //! through `posix_spawn` with the locked descriptor inherited, and writes
-//! the holder record. Reaping is `waitpid(-1, WNOHANG)`, done only after
-//! SIGCHLD. Sleeping is one `poll` on the signal self-pipe and, with
-//! `--output tag`, the tasks' output pipes.
+//! the holder record, then gives the task's group its `--nice` and
+//! `--ionice` priorities. Reaping is `wait4(-1, WNOHANG)`, done only after
+//! SIGCHLD, which also hands over what the task cost. Sleeping is one `poll`
+//! on the signal self-pipe and, with `--output tag`, the tasks' output
+//! pipes. Due starts are held while the host is under pressure
+//! ([`crate::pressure`]).
 //!
 //! **Signalling only the task's own group.** A task's group id is its
 //! leader's pid. While the leader has not been reaped, that pid cannot be
@@ -34,6 +37,8 @@ use crate::lock::{HolderTask, StartTime};
 use crate::output::{Capture, Outputs};
 use crate::plan::{Entry, Plan};
 use crate::platform::{self, Group, PollFd, PollFlags, Signals};
+use crate::pressure::Gauge;
+use crate::priority::Prioritizer;
 use crate::spawn::{self, TaskEnv};
 
 /// What the host keeps for one started task.
@@ -56,12 +61,17 @@ pub struct Processes<'a> {
     procs: HashMap<usize, Proc>,
     /// Leaders not reaped yet, by pid.
     by_pid: HashMap<i32, usize>,
+    /// `--max-pressure`, `--max-load`.
+    gauge: Option<Gauge>,
+    /// `--nice`, `--ionice`.
+    priority: Prioritizer,
 }
 
 impl<'a> Processes<'a> {
     pub fn new(plan: &'a Plan, opts: &'a Options, window_start: String) -> Result<Self> {
         let signals = Signals::install().context("cannot install signal handlers")?;
         let outputs = Outputs::new(&opts.output)?;
+        let gauge = opts.pressure.as_ref().map(Gauge::open).transpose()?;
         Ok(Processes {
             plan,
             opts,
@@ -71,6 +81,8 @@ impl<'a> Processes<'a> {
             claims: Claims::new(plan, opts),
             procs: HashMap::new(),
             by_pid: HashMap::new(),
+            gauge,
+            priority: Prioritizer::new(opts.priority),
         })
     }
 
@@ -141,6 +153,8 @@ impl Host for Processes<'_> {
                 };
             }
         };
+        // Right after the exec: the gap is documented (README, `priority`).
+        self.priority.apply(pid);
         self.claims
             .record(&file, pid, starttime, HolderTask::Process, &tag);
         drop(file);
@@ -164,6 +178,10 @@ impl Host for Processes<'_> {
             wall: SystemTime::now(),
             output,
         }
+    }
+
+    fn hold_starts(&mut self) -> Option<Instant> {
+        self.gauge.as_mut()?.hold(Instant::now())
     }
 
     fn signal(&mut self, slots: &[usize], sig: i32) {
@@ -202,7 +220,7 @@ impl Host for Processes<'_> {
         if self.signals.take_child() {
             loop {
                 match platform::reap_any() {
-                    Ok(Some((pid, status))) => {
+                    Ok(Some((pid, status, usage))) => {
                         let Some(slot) = self.by_pid.remove(&pid) else {
                             debug!("reaped pid {pid}, which is not one of our tasks");
                             continue;
@@ -210,11 +228,15 @@ impl Host for Processes<'_> {
                         if let Some(proc_) = self.procs.get_mut(&slot) {
                             proc_.reaped = true;
                         }
-                        events.push(Event::Exited { slot, status });
+                        events.push(Event::Exited {
+                            slot,
+                            status,
+                            usage: Some(usage),
+                        });
                     }
                     Ok(None) => break,
                     Err(err) => {
-                        warn!("waitpid failed: {err}");
+                        warn!("wait4 failed: {err}");
                         break;
                     }
                 }

@@ -37,6 +37,7 @@ use crate::outcome::Outcome;
 use crate::output::Outputs;
 use crate::plan::{Entry, Plan};
 use crate::platform::{PollFd, PollFlags, Signals};
+use crate::pressure::Gauge;
 
 /// One read from a socket, and one buffer of decoded body.
 const BUF: usize = 16 * 1024;
@@ -74,6 +75,8 @@ pub struct Requests<'a> {
     requests: u64,
     buf: Vec<u8>,
     body: Vec<u8>,
+    /// `--max-pressure`, `--max-load`: the requests load the host too.
+    gauge: Option<Gauge>,
 }
 
 impl<'a> Requests<'a> {
@@ -94,6 +97,7 @@ impl<'a> Requests<'a> {
         let client = Client::new(&template.origin, addrs, opts.tls.as_ref(), cap);
         let claims = Claims::new(plan, opts);
         let (pid, start) = claims.run();
+        let gauge = opts.pressure.as_ref().map(Gauge::open).transpose()?;
         Ok(Requests {
             plan,
             template,
@@ -108,6 +112,7 @@ impl<'a> Requests<'a> {
             requests: 0,
             buf: vec![0; BUF],
             body: vec![0; BUF],
+            gauge,
         })
     }
 
@@ -304,6 +309,10 @@ impl Host for Requests<'_> {
             wall: SystemTime::now(),
             output: false,
         }
+    }
+
+    fn hold_starts(&mut self) -> Option<Instant> {
+        self.gauge.as_mut()?.hold(Instant::now())
     }
 
     fn signal(&mut self, slots: &[usize], sig: i32) {

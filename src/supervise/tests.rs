@@ -16,9 +16,11 @@ use crate::platform::ExitStatus;
 use crate::report::Report;
 
 #[derive(Default)]
-struct Seen {
-    started: Vec<usize>,
-    ended: Vec<(usize, String)>,
+pub(super) struct Seen {
+    pub(super) started: Vec<usize>,
+    pub(super) ended: Vec<(usize, String)>,
+    /// Every change of the host's hold, in order.
+    pub(super) held: Vec<bool>,
 }
 
 impl Observer for Seen {
@@ -29,21 +31,24 @@ impl Observer for Seen {
         self.ended
             .push((slot, result.outcome.kind().name().to_string()));
     }
+    fn held(&mut self, held: bool) {
+        self.held.push(held);
+    }
 }
 
-fn plan(n: usize, window: Duration) -> Plan {
+pub(super) fn plan(n: usize, window: Duration) -> Plan {
     let ids: Vec<OsString> = (0..n).map(|i| format!("t{i}").into()).collect();
     Plan::for_tests(PathBuf::from("/srv/instances"), ids, window)
 }
 
-fn run(plan: &Plan, fake: &mut Fake, opts: &Options) -> (Report, Seen) {
+pub(super) fn run(plan: &Plan, fake: &mut Fake, opts: &Options) -> (Report, Seen) {
     let mut seen = Seen::default();
     let start = fake.base;
     let report = Engine::new(fake, plan, start, opts, &mut seen).run();
     (report, seen)
 }
 
-fn kinds(report: &Report) -> Vec<&'static str> {
+pub(super) fn kinds(report: &Report) -> Vec<&'static str> {
     report
         .results
         .iter()
@@ -59,7 +64,7 @@ fn calls_of(fake: &Fake, pick: impl Fn(&Call) -> bool) -> Vec<(f64, Call)> {
         .collect()
 }
 
-fn starts(fake: &Fake) -> Vec<(f64, Call)> {
+pub(super) fn starts(fake: &Fake) -> Vec<(f64, Call)> {
     calls_of(fake, |c| matches!(c, Call::Start(_)))
 }
 
@@ -99,14 +104,14 @@ fn the_cap_holds_starts_back_and_the_schedule_then_resumes() {
     let (report, _) = run(&plan, &mut fake, &opts);
     // Slot 1 waits for slot 0 (ends at 2.5), slot 2 for slot 1 (ends at
     // 5.0); slot 3's own deadline (3.0) has passed by then, so it follows
-    // as soon as slot 2 (0.1 s) is done.
+    // once slot 2 (0.1 s) is done and W/N ÷ 4 after slot 2's start.
     assert_eq!(
         starts(&fake),
         [
             (0.0, Call::Start(0)),
             (2.5, Call::Start(1)),
             (5.0, Call::Start(2)),
-            (5.1, Call::Start(3))
+            (5.25, Call::Start(3))
         ]
     );
     assert_eq!(report.cap_delayed, 3);
@@ -387,19 +392,40 @@ fn a_host_that_holds_starts_delays_them_and_the_schedule_goes_on() {
     let mut fake = Fake::new(HashMap::new());
     fake.hold_until = Some(secs(2.5));
     let (report, _) = run(&plan, &mut fake, &Options::default());
-    // Slots 0-2 were due before 2.5 s and go out when the hold ends; slot 3
-    // keeps its own deadline.
+    // Slots 0-2 were due before 2.5 s and go out when the hold ends, not
+    // at once but W/N ÷ 4 apart; slot 3, due at 3.0, follows them.
     assert_eq!(
         starts(&fake),
         [
             (2.5, Call::Start(0)),
-            (2.5, Call::Start(1)),
-            (2.5, Call::Start(2)),
-            (3.0, Call::Start(3))
+            (2.75, Call::Start(1)),
+            (3.0, Call::Start(2)),
+            (3.25, Call::Start(3))
         ]
     );
     assert_eq!(kinds(&report), ["ok"; 4]);
     assert_eq!(report.max_lateness().map(|(slot, _)| slot), Some(0));
+}
+
+#[test]
+fn what_a_task_cost_reaches_its_result() {
+    let plan = plan(2, secs(2.0));
+    let usage = crate::platform::Usage {
+        user: secs(1.25),
+        system: secs(0.5),
+        max_rss_kib: 65536,
+    };
+    let scripts = HashMap::from([(
+        1,
+        Script {
+            usage: Some(usage),
+            ..Script::default()
+        },
+    )]);
+    let mut fake = Fake::new(scripts);
+    let (report, _) = run(&plan, &mut fake, &Options::default());
+    assert_eq!(report.results[0].usage, None);
+    assert_eq!(report.results[1].usage, Some(usage));
 }
 
 #[test]

@@ -12,6 +12,10 @@
 //! still be due). Timers are keyed by slot and checked against the task's
 //! life when they fire, so a timer of a task that has moved on does nothing,
 //! and a timer can never reach another task.
+//!
+//! Whether a due start may go beyond its deadline and the cap (the no-burst
+//! rule, the host's hold for pressure, `--max-defer`) is [`gate`]'s
+//! decision; timers and stop signals are handled in [`stops`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -24,9 +28,11 @@ use super::{Observer, Options};
 use crate::display::{self, quoted};
 use crate::outcome::{Outcome, TaskResult};
 use crate::plan::{Entry, Plan};
-use crate::platform::{self, ExitStatus, later};
+use crate::platform::{self, ExitStatus, Usage, later};
 use crate::report::Report;
+use gate::{Clearance, Gate};
 
+mod gate;
 mod stops;
 pub use stops::first_signal;
 
@@ -107,8 +113,8 @@ pub struct Engine<'a, H: Host> {
     /// then that is still waiting was held back by the cap.
     cap_released: Option<Instant>,
     retries_left: usize,
-    /// The host holds due starts back until this instant at the latest.
-    held_until: Option<Instant>,
+    /// Pacing after a stall, and the host's hold (pressure).
+    gate: Gate,
     events: Vec<Event>,
 }
 
@@ -137,7 +143,7 @@ impl<'a, H: Host> Engine<'a, H> {
             cap_delayed: 0,
             cap_released: None,
             retries_left: RETRY_BUDGET,
-            held_until: None,
+            gate: Gate::new(plan.interval(), opts),
             events: Vec::new(),
         }
     }
@@ -162,10 +168,14 @@ impl<'a, H: Host> Engine<'a, H> {
     fn handle(&mut self, events: &mut Vec<Event>) {
         for event in events.drain(..) {
             match event {
-                Event::Exited { slot, status } => self.exited(slot, status),
+                Event::Exited {
+                    slot,
+                    status,
+                    usage,
+                } => self.exited(slot, status, usage),
                 Event::Done { slot, outcome } => {
                     let what = outcome.describe(None, None);
-                    self.ended(slot, outcome, what);
+                    self.ended(slot, outcome, what, None);
                 }
                 Event::OutputClosed { slot } => {
                     if let Some(task) = self.tasks.get_mut(&slot) {
@@ -211,7 +221,7 @@ impl<'a, H: Host> Engine<'a, H> {
         let start = (self.stop.is_none() && (held || !self.cap_reached()))
             .then(|| next.map(|e| self.deadline(e)))
             .flatten()
-            .map(|due| self.held_until.map_or(due, |held| held.max(due)));
+            .map(|due| self.gate.wake(self.next, due));
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let stop = self.stop.as_ref().filter(|s| !s.killed).map(|s| s.kill_at);
         [start, timer, stop, self.host.pending()]
@@ -231,6 +241,8 @@ impl<'a, H: Host> Engine<'a, H> {
     fn start_due(&mut self) {
         while self.stop.is_none() {
             let Some(entry) = self.plan.entries.get(self.next) else {
+                // Nothing is left to hold back, whatever the pressure.
+                self.lift_hold(self.host.now());
                 return;
             };
             let deadline = self.deadline(entry);
@@ -250,11 +262,14 @@ impl<'a, H: Host> Engine<'a, H> {
                 self.cap_waiting = true;
                 return;
             }
-            if let Some(until) = self.host.hold_starts() {
-                self.held_until = Some(until);
-                return;
+            match self.clearance(entry, deadline, now) {
+                Clearance::Wait => return,
+                Clearance::Shed => {
+                    self.next += 1;
+                    continue;
+                }
+                Clearance::Go => {}
             }
-            self.held_until = None;
             let held = self.cap_waiting || self.cap_released.is_some_and(|t| t >= deadline);
             if held && now > deadline {
                 self.cap_delayed += 1;
@@ -346,7 +361,7 @@ impl<'a, H: Host> Engine<'a, H> {
         self.results[slot] = Some(result);
     }
 
-    fn exited(&mut self, slot: usize, status: ExitStatus) {
+    fn exited(&mut self, slot: usize, status: ExitStatus, usage: Option<Usage>) {
         let (outcome, what) = match status {
             ExitStatus::Code(0) => (Outcome::Ok, "exited with status 0".to_string()),
             ExitStatus::Code(c) => (Outcome::Failed(c), format!("exited with status {c}")),
@@ -355,12 +370,13 @@ impl<'a, H: Host> Engine<'a, H> {
                 format!("killed by {}", platform::signal_name(s)),
             ),
         };
-        self.ended(slot, outcome, what);
+        self.ended(slot, outcome, what, usage);
     }
 
     /// The task's leader (or request) ended: `outcome` is its outcome unless
-    /// our timeout stopped it; `what` says how, for the debug log.
-    fn ended(&mut self, slot: usize, outcome: Outcome, what: String) {
+    /// our timeout stopped it; `what` says how, for the debug log; `usage`
+    /// is what it cost, if the host knows.
+    fn ended(&mut self, slot: usize, outcome: Outcome, what: String, usage: Option<Usage>) {
         let now = self.host.now();
         let kill_after = self.opts.kill_after;
         let Some(task) = self.tasks.get_mut(&slot) else {
@@ -386,6 +402,7 @@ impl<'a, H: Host> Engine<'a, H> {
             started: Some(task.started_wall),
             duration: Some(duration),
             lateness: Some(task.lateness),
+            usage,
         };
         if task.output {
             // Read on until the pipe closes, but no longer than the grace
@@ -423,6 +440,7 @@ impl<'a, H: Host> Engine<'a, H> {
                     started: Some(task.started_wall),
                     duration: None,
                     lateness: Some(task.lateness),
+                    usage: None,
                 };
                 (*slot, result)
             })
@@ -446,6 +464,7 @@ impl<'a, H: Host> Engine<'a, H> {
             timeout: self.opts.timeout,
             detached: self.opts.detach,
             cap_delayed: self.cap_delayed,
+            pressure: self.gate.pressure,
             ..Report::default()
         };
         if let Some((slot, late)) = report.max_lateness() {
