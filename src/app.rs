@@ -63,6 +63,7 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
     // Problems with the history files are warnings; they never change the
     // outcome of the tasks.
     let settled = history.finish(&mut report, code, Some(closing));
+    report.own = Some(own_cost(&report));
     if let Some(sig) = report.stopped_by {
         relay::stopped_by(sig);
     }
@@ -148,4 +149,29 @@ fn tell_changes(report: &Report, format: Format) {
         text.push('\n');
     }
     relay::report(Stream::Stderr, text.into_bytes());
+}
+
+/// scatter's own CPU so far (all its threads, none of its tasks), logged at
+/// debug level with its cost per start.
+fn own_cost(report: &crate::report::Report) -> crate::platform::Usage {
+    let own = crate::platform::own_usage();
+    let starts = report
+        .results
+        .iter()
+        .filter(|r| r.started.is_some())
+        .count();
+    let per_start = match u32::try_from(starts) {
+        Ok(n) if n > 0 => format!(
+            ", {} per start",
+            crate::display::duration_precise(own.cpu() / n)
+        ),
+        _ => String::new(),
+    };
+    debug!(
+        "scatter's own CPU: {} ({} user, {} system){per_start}",
+        crate::display::duration_precise(own.cpu()),
+        crate::display::duration_precise(own.user),
+        crate::display::duration_precise(own.system),
+    );
+    own
 }

@@ -31,7 +31,7 @@ mod rusage;
 
 pub use net::{connect_nonblocking, peer_closed};
 pub use prio::{io_priority_of, nice_of, set_group_io_priority, set_group_nice};
-pub use rusage::{Usage, online_cpus, reap_any};
+pub use rusage::{Usage, online_cpus, own_usage, reap_any};
 
 /// The effective uid scatter runs as.
 pub fn euid() -> u32 {

@@ -38,6 +38,9 @@ pub struct Report {
     /// Starts the host held back (`--max-pressure`, `--max-load`), and the
     /// longest time one of them was held past its slot.
     pub pressure: Held,
+    /// What scatter itself used up to the report, all its threads and none
+    /// of its tasks, so that a user can see what scatter costs on the host.
+    pub own: Option<crate::platform::Usage>,
 }
 
 /// Starts held back by pressure, as the report counts them.
@@ -194,6 +197,10 @@ impl Report {
             deferred: usize,
             widespread: bool,
             changes: &'a [Notice],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            own_cpu_user_secs: Option<f64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            own_cpu_sys_secs: Option<f64>,
             instances: Vec<Instance>,
         }
         let instances = plan
@@ -240,6 +247,8 @@ impl Report {
                 .count(),
             widespread: self.widespread,
             changes: &self.changes,
+            own_cpu_user_secs: self.own.map(|u| u.user.as_secs_f64()),
+            own_cpu_sys_secs: self.own.map(|u| u.system.as_secs_f64()),
             instances,
         };
         serde_json::to_writer(&mut *out, &doc)?;

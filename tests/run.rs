@@ -223,3 +223,49 @@ fn json_report_accounts_for_every_instance() {
     );
     assert_eq!(doc["instances"][2]["exit_code"], 3);
 }
+
+#[test]
+fn the_report_says_what_scatter_itself_cost() {
+    let fx = Fixture::with(&["a", "b", "c"]);
+    let ran = run(
+        fx.run(&["--window", "300ms", "--format", "json", "-v", "--", "true"]),
+        fx.tmp.path(),
+    );
+    ran.expect_code(0)
+        .expect_stderr("scatter's own CPU: ")
+        .expect_stderr(" per start");
+    let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).unwrap();
+    let user = doc["own_cpu_user_secs"].as_f64();
+    let sys = doc["own_cpu_sys_secs"].as_f64();
+    ran.check(
+        user.is_some_and(|u| (0.0..5.0).contains(&u))
+            && sys.is_some_and(|s| (0.0..5.0).contains(&s)),
+        "own CPU figures in the JSON report",
+    );
+    // Its own, not its tasks': a task burning CPU does not show in it.
+    let ran = run(
+        fx.run(&[
+            "--window",
+            "100ms",
+            "--format",
+            "json",
+            "--only",
+            "a",
+            "--",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done",
+        ]),
+        fx.tmp.path(),
+    );
+    ran.expect_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).unwrap();
+    let own =
+        doc["own_cpu_user_secs"].as_f64().unwrap() + doc["own_cpu_sys_secs"].as_f64().unwrap();
+    let task = doc["instances"][0]["cpu_user_secs"].as_f64().unwrap()
+        + doc["instances"][0]["cpu_sys_secs"].as_f64().unwrap();
+    ran.check(
+        task > 0.05 && own < task,
+        "scatter's own CPU excludes the task's",
+    );
+}

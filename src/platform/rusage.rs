@@ -44,6 +44,19 @@ impl Usage {
     }
 }
 
+/// What scatter itself has used so far: every thread of this process, none
+/// of its children (`getrusage(RUSAGE_SELF)`).
+pub fn own_usage() -> Usage {
+    // SAFETY: an all-zero `rusage` is a valid value of the plain C struct,
+    // and getrusage only writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF is valid and `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Usage::default();
+    }
+    Usage::from_rusage(&ru)
+}
+
 /// Reaps one terminated child of any process group without blocking, with
 /// its resource usage. `None` when no child has terminated (or there are
 /// no children).
