@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rustix::event::Timespec;
 pub use rustix::event::{PollFd, PollFlags};
-use rustix::io::{Errno, FdFlags};
+use rustix::io::Errno;
 use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
@@ -66,17 +66,6 @@ pub fn user_name(uid: u32) -> Option<String> {
         let name = std::ffi::CStr::from_ptr(pwd.pw_name);
         Some(name.to_string_lossy().into_owned())
     }
-}
-
-/// Marks a descriptor as inherited (or not) by the next spawned child.
-pub fn set_inheritable(fd: BorrowedFd<'_>, inherit: bool) -> io::Result<()> {
-    let flags = if inherit {
-        FdFlags::empty()
-    } else {
-        FdFlags::CLOEXEC
-    };
-    rustix::io::fcntl_setfd(fd, flags)?;
-    Ok(())
 }
 
 /// What `/proc/<pid>/stat` says about a process that we care about.

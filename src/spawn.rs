@@ -6,72 +6,267 @@
 //! descriptor, so the lock is held exactly as long as the task (and anything
 //! it forks) keeps that descriptor open, whatever happens to scatter.
 //!
-//! `FD_CLOEXEC` is cleared on the lock descriptor only for the duration of
-//! the `spawn` call. That keeps std's fast `posix_spawn` path (a `pre_exec`
-//! hook would force fork, which slows down as the parent grows), and it is
-//! safe because scatter spawns from a single thread, so no other child can
-//! inherit the descriptor in between.
+//! Tasks are started with `posix_spawn` itself, called through libc, because
+//! the start is scatter's hot path and std's `Command` rebuilds the whole
+//! environment and queries resource limits at every spawn. What is the same
+//! for every task is prepared once per run: the spawn attributes (a process
+//! group of its own, SIGPIPE back to its default, an empty signal mask) and
+//! the environment but for the three variables that name the task. Every
+//! descriptor the task needs is set up by file actions, which run in the
+//! child between its creation and its `exec`: `dup2` of stdin, stdout and
+//! stderr, and a `dup2` of the lock descriptor onto itself, which clears its
+//! close-on-exec flag in the child only (glibc and musl do so for
+//! `adddup2(fd, fd)`, as POSIX.1-2024 requires). So the spawner makes no
+//! system call of its own per task beyond what `posix_spawn` needs (a
+//! `clone` with `CLONE_VFORK`, its stack, the signal mask), no other thread
+//! or child can ever inherit the lock, and no `pre_exec` hook forces the slow
+//! `fork` path.
 
-use std::ffi::{OsStr, OsString};
-use std::fs::File;
+use std::ffi::{CString, OsStr, OsString, c_char};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use crate::exit;
-use crate::platform;
 
 /// What a task learns about itself through its environment.
 pub struct TaskEnv<'a> {
     pub id: &'a OsStr,
     pub path: &'a Path,
     pub slot: usize,
-    /// `SCATTER_WINDOW_START`: unix seconds with fraction.
-    pub window_start: &'a str,
 }
 
-/// A task's standard descriptors.
+/// Where one of a task's standard streams goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    /// scatter's own.
+    Inherit,
+    /// This descriptor, which stays open at least until the spawn returns.
+    Fd(RawFd),
+}
+
+/// A task's standard descriptors. `stdin` and any `Redirect::Fd` must stay
+/// open until [`Spawner::spawn`] returns; `keep` holds what was opened for
+/// this task alone (a log file, a pipe's write end), closed once the task
+/// has its own copies.
 pub struct Output {
-    pub stdin: Stdio,
-    pub stdout: Stdio,
-    pub stderr: Stdio,
+    pub stdin: RawFd,
+    pub stdout: Redirect,
+    pub stderr: Redirect,
+    pub keep: Option<OwnedFd>,
 }
 
-/// Spawns the task with `lock` inherited; returns its pid (= its pgid).
-/// `program` is the command already looked up in PATH, if it was; the task
-/// still sees `argv[0]` as written.
-pub fn spawn(
-    program: Option<&Path>,
-    argv: &[OsString],
-    env: &TaskEnv<'_>,
-    lock: &File,
-    output: Output,
-) -> io::Result<i32> {
-    let (arg0, args) = argv
-        .split_first()
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut cmd = Command::new(program.map_or(arg0.as_os_str(), Path::as_os_str));
-    cmd.arg0(arg0)
-        .args(args)
-        .env("SCATTER_INSTANCE", env.id)
-        .env("SCATTER_INSTANCE_DIR", env.path)
-        .env("SCATTER_SLOT", env.slot.to_string())
-        .env("SCATTER_WINDOW_START", env.window_start)
-        .env("SCATTER_LOCK_FD", lock.as_raw_fd().to_string())
-        .stdin(output.stdin)
-        .stdout(output.stdout)
-        .stderr(output.stderr)
-        .process_group(0);
-    platform::set_inheritable(lock.as_fd(), true)?;
-    let spawned = cmd.spawn();
-    // The descriptor is closed right after this anyway; restoring the flag
-    // only matters if the caller keeps it, so a failure here is harmless.
-    let _ = platform::set_inheritable(lock.as_fd(), false);
-    // Dropping the Child neither waits nor kills: the supervisor reaps every
-    // child itself with wait4(-1).
-    Ok(spawned?.id() as i32)
+/// Variables every task gets from scatter; the caller's own values of them
+/// are not passed on.
+const OWN: [&str; 5] = [
+    "SCATTER_INSTANCE",
+    "SCATTER_INSTANCE_DIR",
+    "SCATTER_SLOT",
+    "SCATTER_WINDOW_START",
+    "SCATTER_LOCK_FD",
+];
+
+/// Starts tasks: the parts of every spawn that do not change within a run.
+pub struct Spawner {
+    attr: Attr,
+    /// The environment but for the per-task variables, `KEY=VALUE` each.
+    env: Vec<CString>,
+}
+
+/// Owned spawn attributes, destroyed on drop.
+struct Attr(libc::posix_spawnattr_t);
+
+impl Drop for Attr {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `Spawner::new`, destroyed once.
+        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
+    }
+}
+
+/// Owned file actions, destroyed on drop.
+struct Actions(libc::posix_spawn_file_actions_t);
+
+impl Actions {
+    fn new() -> io::Result<Actions> {
+        // SAFETY: an all-zero value is a valid argument to `_init`, which
+        // overwrites it.
+        let mut fa: libc::posix_spawn_file_actions_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `fa` is writable; on success it must be destroyed, which
+        // Drop does.
+        check(unsafe { libc::posix_spawn_file_actions_init(&mut fa) })?;
+        Ok(Actions(fa))
+    }
+
+    fn dup2(&mut self, fd: RawFd, to: RawFd) -> io::Result<()> {
+        // SAFETY: `self.0` was initialised by `new`.
+        check(unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, fd, to) })
+    }
+}
+
+impl Drop for Actions {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`, destroyed once.
+        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
+    }
+}
+
+/// A `posix_spawn*` result (an error number, not -1 and errno).
+fn check(ret: libc::c_int) -> io::Result<()> {
+    match ret {
+        0 => Ok(()),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
+}
+
+/// Bytes as a C string; a NUL byte cannot be passed to `exec` at all.
+fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an argument or variable holds a NUL byte",
+        )
+    })
+}
+
+/// `KEY=VALUE` as a C string.
+fn variable(key: &str, value: &[u8]) -> io::Result<CString> {
+    let mut kv = Vec::with_capacity(key.len() + 1 + value.len());
+    kv.extend_from_slice(key.as_bytes());
+    kv.push(b'=');
+    kv.extend_from_slice(value);
+    c_string(&kv)
+}
+
+impl Spawner {
+    /// Prepares the run's spawns; `window_start` is `SCATTER_WINDOW_START`
+    /// (unix seconds with fraction), the same for every task.
+    pub fn new(window_start: &str) -> io::Result<Spawner> {
+        // SAFETY: as for file actions: zeroed, then initialised.
+        let mut raw: libc::posix_spawnattr_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `raw` is writable; `Attr` destroys it on drop.
+        check(unsafe { libc::posix_spawnattr_init(&mut raw) })?;
+        let mut attr = Attr(raw);
+        // SAFETY: sigset_t is a plain C value; sigemptyset initialises it.
+        let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+        let mut pipe: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: both sets are valid and writable; the attribute calls
+        // only copy them into `attr`, which was initialised above.
+        unsafe {
+            libc::sigemptyset(&mut empty);
+            libc::sigemptyset(&mut pipe);
+            // The Rust runtime ignores SIGPIPE, and an ignored signal stays
+            // ignored across exec: a task must see its default.
+            libc::sigaddset(&mut pipe, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr.0, &pipe))?;
+            check(libc::posix_spawnattr_setsigmask(&mut attr.0, &empty))?;
+            check(libc::posix_spawnattr_setpgroup(&mut attr.0, 0))?;
+            let flags = libc::POSIX_SPAWN_SETPGROUP
+                | libc::POSIX_SPAWN_SETSIGDEF
+                | libc::POSIX_SPAWN_SETSIGMASK;
+            check(libc::posix_spawnattr_setflags(
+                &mut attr.0,
+                flags as libc::c_short,
+            ))?;
+        }
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            if OWN.iter().any(|own| key.as_bytes() == own.as_bytes()) {
+                continue;
+            }
+            let mut kv = key.into_vec_bytes();
+            kv.push(b'=');
+            kv.extend_from_slice(value.as_bytes());
+            // A variable that cannot be passed on is left out, as a shell
+            // would never have received it.
+            if let Ok(kv) = CString::new(kv) {
+                env.push(kv);
+            }
+        }
+        env.push(variable("SCATTER_WINDOW_START", window_start.as_bytes())?);
+        Ok(Spawner { attr, env })
+    }
+
+    /// Spawns the task with `lock` inherited; returns its pid (= its
+    /// pgid). `program` is the command already looked up in PATH, if it
+    /// was; the task still sees `argv[0]` as written.
+    pub fn spawn(
+        &self,
+        program: Option<&Path>,
+        argv: &[OsString],
+        env: &TaskEnv<'_>,
+        lock: BorrowedFd<'_>,
+        output: &Output,
+    ) -> io::Result<i32> {
+        use std::os::fd::AsRawFd;
+        let arg0 = argv
+            .first()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let args = argv
+            .iter()
+            .map(|a| c_string(a.as_bytes()))
+            .collect::<io::Result<Vec<CString>>>()?;
+        let lock_fd = lock.as_raw_fd();
+        let own = [
+            variable("SCATTER_INSTANCE", env.id.as_bytes())?,
+            variable("SCATTER_INSTANCE_DIR", env.path.as_os_str().as_bytes())?,
+            variable("SCATTER_SLOT", env.slot.to_string().as_bytes())?,
+            variable("SCATTER_LOCK_FD", lock_fd.to_string().as_bytes())?,
+        ];
+        let mut arg_ptrs: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        arg_ptrs.push(std::ptr::null());
+        let mut env_ptrs: Vec<*const c_char> = Vec::with_capacity(self.env.len() + own.len() + 1);
+        env_ptrs.extend(self.env.iter().map(|v| v.as_ptr()));
+        env_ptrs.extend(own.iter().map(|v| v.as_ptr()));
+        env_ptrs.push(std::ptr::null());
+
+        let mut actions = Actions::new()?;
+        actions.dup2(output.stdin, 0)?;
+        if let Redirect::Fd(fd) = output.stdout {
+            actions.dup2(fd, 1)?;
+        }
+        if let Redirect::Fd(fd) = output.stderr {
+            actions.dup2(fd, 2)?;
+        }
+        // Onto itself: clears close-on-exec in the child alone.
+        actions.dup2(lock_fd, lock_fd)?;
+
+        let path = match program {
+            Some(path) => c_string(path.as_os_str().as_bytes())?,
+            None => c_string(arg0.as_bytes())?,
+        };
+        // Without a slash and not looked up already (a command built from a
+        // placeholder): search PATH, as execvp does.
+        let search = program.is_none() && !arg0.as_bytes().contains(&b'/');
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: every pointer is valid for the call: `path`, the C strings
+        // behind `arg_ptrs` and `env_ptrs` (both null-terminated arrays),
+        // the initialised file actions and attributes. posix_spawn does not
+        // keep any of them after it returns.
+        let ret = unsafe {
+            if search {
+                libc::posix_spawnp(
+                    &mut pid,
+                    path.as_ptr(),
+                    &actions.0,
+                    &self.attr.0,
+                    arg_ptrs.as_ptr().cast(),
+                    env_ptrs.as_ptr().cast(),
+                )
+            } else {
+                libc::posix_spawn(
+                    &mut pid,
+                    path.as_ptr(),
+                    &actions.0,
+                    &self.attr.0,
+                    arg_ptrs.as_ptr().cast(),
+                    env_ptrs.as_ptr().cast(),
+                )
+            }
+        };
+        check(ret)?;
+        Ok(pid)
+    }
 }
 
 /// The `--only` exit code for a task that could not be started, as a shell
@@ -80,5 +275,110 @@ pub fn start_failure_code(err: &io::Error) -> u8 {
     match err.kind() {
         io::ErrorKind::NotFound => exit::NOT_FOUND,
         _ => exit::CANNOT_EXECUTE,
+    }
+}
+
+trait IntoVecBytes {
+    fn into_vec_bytes(self) -> Vec<u8>;
+}
+
+impl IntoVecBytes for OsString {
+    fn into_vec_bytes(self) -> Vec<u8> {
+        std::os::unix::ffi::OsStringExt::into_vec(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn spawn_and_wait(argv: &[&str], output: &Output, lock: &std::fs::File) -> i32 {
+        let spawner = Spawner::new("123.5").unwrap();
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        let env = TaskEnv {
+            id: OsStr::new("a b"),
+            path: Path::new("/srv/i/a b"),
+            slot: 7,
+        };
+        let pid = spawner
+            .spawn(None, &argv, &env, lock.as_fd(), output)
+            .unwrap();
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        status
+    }
+
+    #[test]
+    fn a_task_gets_its_environment_group_stdin_and_the_lock_only() {
+        use std::os::fd::AsRawFd;
+        let tmp = tempfile::tempdir().unwrap();
+        let out = std::fs::File::create(tmp.path().join("out")).unwrap();
+        let lock = tempfile::tempfile().unwrap();
+        // Close-on-exec, like every descriptor scatter opens; another one
+        // that must not reach the task.
+        let other = tempfile::tempfile().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let output = Output {
+            stdin: null.as_raw_fd(),
+            stdout: Redirect::Fd(out.as_raw_fd()),
+            stderr: Redirect::Fd(out.as_raw_fd()),
+            keep: None,
+        };
+        let script = format!(
+            "printf '%s|%s|%s|%s|%s\\n' \"$SCATTER_INSTANCE\" \"$SCATTER_INSTANCE_DIR\" \"$SCATTER_SLOT\" \"$SCATTER_WINDOW_START\" \"$SCATTER_LOCK_FD\"; \
+             [ -e /proc/self/fd/$SCATTER_LOCK_FD ] && echo lock; [ -e /proc/self/fd/{} ] && echo other; \
+             [ \"$(ps -o pgid= -p $$ | tr -d ' ')\" = \"$$\" ] && echo leader; read x || echo eof; kill -s PIPE $$; echo survived",
+            other.as_raw_fd()
+        );
+        let status = spawn_and_wait(&["sh", "-c", &script], &output, &lock);
+        let text = std::fs::read_to_string(tmp.path().join("out")).unwrap();
+        // SIGPIPE is back at its default: the shell dies of it.
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGPIPE,
+            "{status}: {text}"
+        );
+        let first = text.lines().next().unwrap();
+        assert_eq!(
+            first,
+            format!("a b|/srv/i/a b|7|123.5|{}", lock.as_raw_fd())
+        );
+        assert!(text.contains("lock\n"), "{text}");
+        assert!(!text.contains("other\n"), "{text}");
+        assert!(text.contains("leader\n"), "{text}");
+        assert!(text.contains("eof\n"), "{text}");
+        assert!(!text.contains("survived"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_command_is_not_found_and_a_nul_is_refused() {
+        let lock = tempfile::tempfile().unwrap();
+        let spawner = Spawner::new("1").unwrap();
+        let env = TaskEnv {
+            id: OsStr::new("a"),
+            path: Path::new("/srv/i/a"),
+            slot: 0,
+        };
+        let output = Output {
+            stdin: 0,
+            stdout: Redirect::Inherit,
+            stderr: Redirect::Inherit,
+            keep: None,
+        };
+        let err = spawner
+            .spawn(
+                None,
+                &[OsString::from("no-such-command-anywhere")],
+                &env,
+                lock.as_fd(),
+                &output,
+            )
+            .unwrap_err();
+        assert_eq!(start_failure_code(&err), exit::NOT_FOUND);
+        let err = spawner
+            .spawn(None, &[OsString::from("a\0b")], &env, lock.as_fd(), &output)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }

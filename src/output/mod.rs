@@ -54,7 +54,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use anyhow::{Context, Result};
 use log::warn;
@@ -65,7 +64,7 @@ use crate::idcode::encode_id;
 use crate::platform;
 use crate::relay::{self, Stream};
 use crate::safedir::{DirKind, SafeDir};
-use crate::spawn::Output;
+use crate::spawn::{Output, Redirect};
 
 mod body;
 mod lines;
@@ -215,18 +214,40 @@ impl Outputs {
         })
     }
 
-    /// The stdio for one task, and what scatter keeps to handle it.
+    /// The stdio for one task, and what scatter keeps to handle it. The
+    /// task's stdin is scatter's `/dev/null`, and its stdout and stderr
+    /// share one descriptor, so their order is kept; the spawn duplicates
+    /// them in the child, so nothing is duplicated here.
     pub fn for_task(&self, id: &std::ffi::OsStr, slot: usize) -> io::Result<(Output, Capture)> {
-        let stdin = Stdio::from(self.null.try_clone()?);
-        let (out, capture) = match &self.mode {
-            OutputMode::Inherit => ((Stdio::inherit(), Stdio::inherit()), Capture::None),
-            OutputMode::Null => (both(self.null.try_clone()?)?, Capture::None),
-            OutputMode::Dir(_) => (both(self.open_dir_log(id)?)?, Capture::None),
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let both = |fd: OwnedFd| Output {
+            stdin: self.null.as_raw_fd(),
+            stdout: Redirect::Fd(fd.as_raw_fd()),
+            stderr: Redirect::Fd(fd.as_raw_fd()),
+            keep: Some(fd),
+        };
+        let inherit = Output {
+            stdin: self.null.as_raw_fd(),
+            stdout: Redirect::Inherit,
+            stderr: Redirect::Inherit,
+            keep: None,
+        };
+        Ok(match &self.mode {
+            OutputMode::Inherit => (inherit, Capture::None),
+            OutputMode::Null => {
+                let null = Output {
+                    stdout: Redirect::Fd(self.null.as_raw_fd()),
+                    stderr: Redirect::Fd(self.null.as_raw_fd()),
+                    ..inherit
+                };
+                (null, Capture::None)
+            }
+            OutputMode::Dir(_) => (both(self.open_dir_log(id)?.into()), Capture::None),
             OutputMode::OnFailure => match self.spool_file(slot) {
-                Some((file, path)) => (both(file)?, Capture::Spool(path)),
+                Some((file, path)) => (both(file.into()), Capture::Spool(path)),
                 // Run it anyway, with its output where it would go without
                 // --output: losing it silently would be worse.
-                None => ((Stdio::inherit(), Stdio::inherit()), Capture::None),
+                None => (inherit, Capture::None),
             },
             OutputMode::Tag => {
                 let (read, write) = platform::output_pipe()?;
@@ -234,15 +255,9 @@ impl Outputs {
                     fd: read,
                     lines: Lines::default(),
                 };
-                (both(File::from(write))?, Capture::Pipe(pipe))
+                (both(write), Capture::Pipe(pipe))
             }
-        };
-        let output = Output {
-            stdin,
-            stdout: out.0,
-            stderr: out.1,
-        };
-        Ok((output, capture))
+        })
     }
 
     /// `dir=PATH`: opens an instance's log file for this run, empty.
@@ -342,12 +357,6 @@ impl Outputs {
             )
         })
     }
-}
-
-/// One file (or pipe end) as both stdout and stderr, so their order is kept.
-fn both(file: File) -> io::Result<(Stdio, Stdio)> {
-    let err = file.try_clone()?;
-    Ok((Stdio::from(file), Stdio::from(err)))
 }
 
 /// Checks `--output dir=PATH` before the run records anything: creates the

@@ -39,7 +39,7 @@ use crate::plan::{Entry, Plan};
 use crate::platform::{self, Group, PollFd, PollFlags, Signals};
 use crate::pressure::Gauge;
 use crate::priority::Prioritizer;
-use crate::spawn::{self, TaskEnv};
+use crate::spawn::{self, Spawner, TaskEnv};
 
 /// What the host keeps for one started task.
 struct Proc {
@@ -54,8 +54,8 @@ pub struct Processes<'a> {
     opts: &'a Options,
     signals: Signals,
     outputs: Outputs,
-    /// `SCATTER_WINDOW_START` for every task.
-    window_start: String,
+    /// What every spawn of the run shares (attributes, environment).
+    spawner: Spawner,
     /// Locks, holder records and hung holders of dead runs.
     claims: Claims<'a>,
     procs: HashMap<usize, Proc>,
@@ -77,7 +77,7 @@ impl<'a> Processes<'a> {
             opts,
             signals,
             outputs,
-            window_start,
+            spawner: Spawner::new(&window_start).context("cannot prepare to start tasks")?,
             claims: Claims::new(plan, opts),
             procs: HashMap::new(),
             by_pid: HashMap::new(),
@@ -125,16 +125,17 @@ impl Host for Processes<'_> {
             id: &entry.id,
             path: &path,
             slot: entry.slot,
-            window_start: &self.window_start,
         };
         let before = platform::boottime_ticks();
-        let spawned = spawn::spawn(
+        let spawned = self.spawner.spawn(
             self.plan.program.as_deref(),
             &argv,
             &env,
-            &file.file,
-            output,
+            std::os::fd::AsFd::as_fd(&file.file),
+            &output,
         );
+        // The task has its own copies of its stdout and stderr now.
+        drop(output);
         let starttime = StartTime {
             lo: before,
             hi: platform::boottime_ticks(),
