@@ -242,7 +242,7 @@ impl Observer for History<'_> {
         if let Some(local) = &mut self.local {
             state::apply(local.entry(encode_id(&entry.id)).or_default(), &event);
         }
-        if let Some(writer) = &self.writer {
+        if let Some(writer) = &mut self.writer {
             writer.event(event);
         }
     }

@@ -35,7 +35,10 @@ pub use rusage::{Usage, online_cpus, own_usage, reap_any};
 
 /// The effective uid scatter runs as.
 pub fn euid() -> u32 {
-    rustix::process::geteuid().as_raw()
+    // Asked for every file opened, and it never changes: scatter does not
+    // switch users.
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
 }
 
 /// Our own pid.

@@ -72,6 +72,11 @@ pub struct Spawner {
     attr: Attr,
     /// The environment but for the per-task variables, `KEY=VALUE` each.
     env: Vec<CString>,
+    /// The file actions of the last spawn, and the descriptors they name.
+    /// Descriptors are reused (a lock file's number is usually the same at
+    /// every start), and building the actions asks the kernel for the
+    /// descriptor limit twice per action, so they are kept while they fit.
+    actions: std::cell::RefCell<Option<([RawFd; 4], Actions)>>,
 }
 
 /// Owned spawn attributes, destroyed on drop.
@@ -184,7 +189,11 @@ impl Spawner {
             }
         }
         env.push(variable("SCATTER_WINDOW_START", window_start.as_bytes())?);
-        Ok(Spawner { attr, env })
+        Ok(Spawner {
+            attr,
+            env,
+            actions: std::cell::RefCell::new(None),
+        })
     }
 
     /// Spawns the task with `lock` inherited; returns its pid (= its
@@ -220,16 +229,28 @@ impl Spawner {
         env_ptrs.extend(own.iter().map(|v| v.as_ptr()));
         env_ptrs.push(std::ptr::null());
 
-        let mut actions = Actions::new()?;
-        actions.dup2(output.stdin, 0)?;
-        if let Redirect::Fd(fd) = output.stdout {
-            actions.dup2(fd, 1)?;
+        let fd_of = |r: Redirect| match r {
+            Redirect::Inherit => -1,
+            Redirect::Fd(fd) => fd,
+        };
+        let key = [output.stdin, fd_of(output.stdout), fd_of(output.stderr), lock_fd];
+        let mut cached = self.actions.borrow_mut();
+        if cached.as_ref().is_none_or(|(k, _)| *k != key) {
+            let mut actions = Actions::new()?;
+            actions.dup2(output.stdin, 0)?;
+            if let Redirect::Fd(fd) = output.stdout {
+                actions.dup2(fd, 1)?;
+            }
+            if let Redirect::Fd(fd) = output.stderr {
+                actions.dup2(fd, 2)?;
+            }
+            // Onto itself: clears close-on-exec in the child alone.
+            actions.dup2(lock_fd, lock_fd)?;
+            *cached = Some((key, actions));
         }
-        if let Redirect::Fd(fd) = output.stderr {
-            actions.dup2(fd, 2)?;
-        }
-        // Onto itself: clears close-on-exec in the child alone.
-        actions.dup2(lock_fd, lock_fd)?;
+        let Some((_, actions)) = cached.as_ref() else {
+            return Err(io::Error::other("no file actions"));
+        };
 
         let path = match program {
             Some(path) => c_string(path.as_os_str().as_bytes())?,

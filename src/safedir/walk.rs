@@ -171,7 +171,7 @@ pub(super) fn component(name: &OsStr) -> io::Result<&OsStr> {
 }
 
 pub(super) fn euid() -> u32 {
-    rustix::process::geteuid().as_raw()
+    crate::platform::euid()
 }
 
 pub(super) fn is(st: &Stat, t: FileType) -> bool {

@@ -120,7 +120,7 @@ fn writer_writes_runs_and_prunes_old_ones() {
         dir.write_run(run).unwrap();
     }
     let progress = Progress::new(record(99, RunState::Running));
-    let writer = Writer::start(dir.clone(), Arc::clone(&progress), 3).unwrap();
+    let mut writer = Writer::start(dir.clone(), Arc::clone(&progress), 3).unwrap();
     writer.event(event("x", Outcome::Ok));
     progress.update(|r| r.state = RunState::Finished);
     let done = writer.finish(None);

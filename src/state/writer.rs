@@ -50,7 +50,7 @@ impl Progress {
 }
 
 enum Msg {
-    Event(Event),
+    Events(Vec<Event>),
     Finish {
         /// Encoded ids of every current instance (sorted), after a full run.
         keep: Option<Vec<String>>,
@@ -75,7 +75,17 @@ pub struct Written {
 pub struct Writer {
     tx: Sender<Msg>,
     handle: JoinHandle<Written>,
+    /// Events not handed over yet: sending each on its own would wake the
+    /// thread once per task, though it merges only every few seconds.
+    batch: Vec<Event>,
+    /// When the last batch was handed over.
+    sent: Instant,
 }
+
+/// How often queued events are handed to the writer thread (it merges
+/// them every [`INSTANCE_FLUSH`]), and how many it may wait for at most.
+const HANDOVER: Duration = Duration::from_secs(1);
+const HANDOVER_MAX: usize = 4096;
 
 impl Writer {
     /// Starts the writer thread; the run record is written at once. The
@@ -92,11 +102,28 @@ impl Writer {
                 writer_loop(&dir, &rx, &progress, keep_runs)
             })
             .context("cannot start the thread that writes the state files")?;
-        Ok(Writer { tx, handle })
+        Ok(Writer {
+            tx,
+            handle,
+            batch: Vec::new(),
+            sent: Instant::now(),
+        })
     }
 
-    pub fn event(&self, event: Event) {
-        let _ = self.tx.send(Msg::Event(event));
+    /// Queues an instance's event; it reaches the writer thread with the
+    /// next batch (at most a second later).
+    pub fn event(&mut self, event: Event) {
+        self.batch.push(event);
+        if self.batch.len() >= HANDOVER_MAX || self.sent.elapsed() >= HANDOVER {
+            self.hand_over();
+        }
+    }
+
+    fn hand_over(&mut self) {
+        if !self.batch.is_empty() {
+            let _ = self.tx.send(Msg::Events(std::mem::take(&mut self.batch)));
+        }
+        self.sent = Instant::now();
     }
 
     /// Writes everything still queued and the final run record (as left in
@@ -107,7 +134,8 @@ impl Writer {
 
     /// [`Writer::finish`], with `settle` run on the whole instances file in
     /// the last merge, under its lock.
-    pub fn finish_settled(self, keep: Option<Vec<String>>, settle: Option<Settle>) -> Written {
+    pub fn finish_settled(mut self, keep: Option<Vec<String>>, settle: Option<Settle>) -> Written {
+        self.hand_over();
         let _ = self.tx.send(Msg::Finish { keep, settle });
         drop(self.tx);
         self.handle.join().unwrap_or_else(|_| {
@@ -165,7 +193,7 @@ fn writer_loop(
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
         {
             match msg {
-                Msg::Event(e) => events.push(e),
+                Msg::Events(batch) => events.extend(batch),
                 Msg::Finish { keep, settle } => finish = Some((keep, settle)),
             }
         }

@@ -219,6 +219,9 @@ impl Host for Processes<'_> {
 
     fn reap(&mut self, events: &mut Vec<Event>) {
         if self.signals.take_child() {
+            // The handler also wrote to the self-pipe; empty it now, or the
+            // next poll would wake at once for a SIGCHLD already handled.
+            self.signals.drain();
             loop {
                 match platform::reap_any() {
                     Ok(Some((pid, status, usage))) => {
