@@ -33,6 +33,22 @@ pub use net::{connect_nonblocking, peer_closed};
 pub use prio::{io_priority_of, nice_of, set_group_io_priority, set_group_nice};
 pub use rusage::{Usage, online_cpus, own_usage, reap_any};
 
+/// Opens a directory only to look things up relative to it (`O_PATH`).
+pub fn open_dir_path(dir: &std::path::Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Whether `name` in `dir` is a directory, or a symlink to one.
+pub fn is_dir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> bool {
+    rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty())
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory)
+}
+
 /// The effective uid scatter runs as.
 pub fn euid() -> u32 {
     // Asked for every file opened, and it never changes: scatter does not

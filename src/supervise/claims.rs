@@ -42,6 +42,9 @@ pub struct Claims<'a> {
     run_pid: i32,
     run_start: Option<u64>,
     hung: Vec<Hung>,
+    /// The instances directory, open for the run: an instance is checked
+    /// relative to it, one name to look up instead of a whole path.
+    instances: Option<std::os::fd::OwnedFd>,
 }
 
 impl<'a> Claims<'a> {
@@ -53,6 +56,7 @@ impl<'a> Claims<'a> {
             run_pid,
             run_start: platform::proc_stat(run_pid).map(|s| s.starttime),
             hung: Vec::new(),
+            instances: platform::open_dir_path(&plan.instances).ok(),
         }
     }
 
@@ -64,16 +68,20 @@ impl<'a> Claims<'a> {
     /// Takes the instance's lock, or says why its task cannot start: a
     /// skip (busy, vanished) or a failure (the lock file is unusable).
     pub fn claim(&mut self, entry: &Entry) -> Result<lock::Locked, Started> {
-        let tag = quoted(&entry.id);
-        let path = self.plan.path(entry);
-        if !path.is_dir() {
+        let exists = match &self.instances {
+            Some(dir) => platform::is_dir_at(std::os::fd::AsFd::as_fd(dir), &entry.id),
+            None => self.plan.path(entry).is_dir(),
+        };
+        if !exists {
             // Removed (a tenant deleted) since the plan was made.
+            let tag = quoted(&entry.id);
             info!(instance = &*entry.id.to_string_lossy(); "{tag}: skipped: its directory no longer exists");
             return Err(Started::Skipped(Skip::Vanished));
         }
         match self.plan.try_lock(entry) {
             Ok(Attempt::Acquired(locked)) => Ok(locked),
             Ok(Attempt::Busy { holder, lock }) => {
+                let tag = quoted(&entry.id);
                 Err(Started::Skipped(self.busy(&tag, &entry.id, holder, lock)))
             }
             Err(err) => Err(Started::Failed {
