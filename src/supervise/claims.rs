@@ -141,7 +141,7 @@ impl<'a> Claims<'a> {
         pid: i32,
         starttime: StartTime,
         task: HolderTask,
-        tag: &str,
+        id: &std::ffi::OsStr,
     ) {
         let holder = Holder {
             pid,
@@ -154,7 +154,10 @@ impl<'a> Claims<'a> {
             task,
         };
         if let Err(err) = file.record(&holder) {
-            warn!("{tag}: cannot write the holder record into its lock file: {err}");
+            warn!(
+                "{}: cannot write the holder record into its lock file: {err}",
+                quoted(id)
+            );
         }
     }
 

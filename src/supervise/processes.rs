@@ -109,12 +109,11 @@ impl Host for Processes<'_> {
     }
 
     fn start(&mut self, entry: &Entry) -> Started {
-        let tag = quoted(&entry.id);
-        let path = self.plan.path(entry);
         let file = match self.claims.claim(entry) {
             Ok(locked) => locked,
             Err(refused) => return refused,
         };
+        let path = self.plan.path(entry);
         let lock_id = file.id;
         let (output, capture) = match self.outputs.for_task(&entry.id, entry.slot) {
             Ok(pair) => pair,
@@ -144,7 +143,7 @@ impl Host for Processes<'_> {
             Ok(pid) => pid,
             Err(err) => {
                 if let Capture::Spool(spool) = &capture {
-                    self.outputs.settle_spool(&tag, spool, false);
+                    self.outputs.settle_spool(&quoted(&entry.id), spool, false);
                 }
                 let again = err.raw_os_error() == Some(rustix::io::Errno::AGAIN.raw_os_error());
                 return Started::Failed {
@@ -157,7 +156,7 @@ impl Host for Processes<'_> {
         // Right after the exec: the gap is documented (README, `priority`).
         self.priority.apply(pid);
         self.claims
-            .record(&file, pid, starttime, HolderTask::Process, &tag);
+            .record(&file, pid, starttime, HolderTask::Process, &entry.id);
         drop(file);
         let output = matches!(capture, Capture::Pipe(_));
         self.procs.insert(

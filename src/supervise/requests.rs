@@ -260,14 +260,13 @@ impl Host for Requests<'_> {
     }
 
     fn start(&mut self, entry: &Entry) -> Started {
-        let tag = quoted(&entry.id);
         let file = match self.claims.claim(entry) {
             Ok(locked) => locked,
             Err(refused) => return refused,
         };
         let (pid, starttime) = self.holder;
         self.claims
-            .record(&file, pid, starttime, HolderTask::Request, &tag);
+            .record(&file, pid, starttime, HolderTask::Request, &entry.id);
         let log = match self.outputs.body_log(&entry.id) {
             Ok(log) => log,
             Err(err) => {
