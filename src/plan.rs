@@ -226,7 +226,12 @@ impl Plan {
     }
 
     pub fn argv(&self, entry: &Entry) -> Vec<OsString> {
-        self.template.expand(&entry.id, &self.path(entry))
+        self.argv_at(entry, &self.path(entry))
+    }
+
+    /// [`Plan::argv`], for a caller that has the instance's path already.
+    pub fn argv_at(&self, entry: &Entry, path: &std::path::Path) -> Vec<OsString> {
+        self.template.expand(&entry.id, path)
     }
 
     /// `--url`: the request of one instance.

@@ -395,6 +395,11 @@ pub struct Signals {
     /// Set by SIGCHLD, cleared by [`Signals::take_child`]: whether a child
     /// may have exited since the last look.
     child: Arc<AtomicBool>,
+    /// Whether the supervisor is in (or about to enter) its `poll`: only
+    /// then does a SIGCHLD need to wake it through the pipe. While it works
+    /// (starting a burst of overdue tasks, say) the flag alone is enough,
+    /// and a write and a read per exiting task are saved.
+    sleeping: Arc<AtomicBool>,
     ids: Vec<signal_hook::SigId>,
 }
 
@@ -409,13 +414,15 @@ impl Signals {
         // True at first: children started before the handler was installed
         // may already have exited.
         let child = Arc::new(AtomicBool::new(true));
+        let sleeping = Arc::new(AtomicBool::new(false));
         let mut ids = Vec::new();
         for sig in [SIGCHLD, SIGTERM, SIGINT, SIGHUP] {
-            let (stops, last, write, child) = (
+            let (stops, last, write, child, sleeping) = (
                 Arc::clone(&stops),
                 Arc::clone(&last_stop),
                 Arc::clone(&write),
                 Arc::clone(&child),
+                Arc::clone(&sleeping),
             );
             // SAFETY: the action performs only atomic operations and one
             // write(2) to a non-blocking pipe, all async-signal-safe; it
@@ -424,6 +431,12 @@ impl Signals {
                 signal_hook::low_level::register(sig, move || {
                     if sig == SIGCHLD {
                         child.store(true, Ordering::SeqCst);
+                        // Not sleeping: the supervisor checks `child` after
+                        // it says it will sleep, and before it does (see
+                        // `Signals::will_sleep`), so it cannot miss this.
+                        if !sleeping.load(Ordering::SeqCst) {
+                            return;
+                        }
                     } else {
                         last.store(sig as usize, Ordering::SeqCst);
                         stops.fetch_add(1, Ordering::SeqCst);
@@ -439,8 +452,26 @@ impl Signals {
             stops,
             last_stop,
             child,
+            sleeping,
             ids,
         })
+    }
+
+    /// Says the supervisor is about to sleep in `poll`, and whether it may:
+    /// false when a SIGCHLD has come that it has not handled yet. From here
+    /// until [`Signals::woke`], every SIGCHLD also writes to the pipe. (The
+    /// handler sets `child` before it reads `sleeping`, and this sets
+    /// `sleeping` before it reads `child`, all sequentially consistent: at
+    /// least one of the two sees the other, so a SIGCHLD either keeps the
+    /// supervisor from sleeping or wakes it.)
+    pub fn will_sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        !self.child.load(Ordering::SeqCst)
+    }
+
+    /// The supervisor is awake again.
+    pub fn woke(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
     }
 
     /// Whether SIGCHLD arrived since the last call: only then is there

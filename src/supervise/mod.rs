@@ -122,7 +122,15 @@ fn poll_ready(
     slots: &[usize],
     timeout: Option<Duration>,
 ) -> Vec<usize> {
-    if let Err(err) = crate::platform::poll(&mut fds, timeout) {
+    // A SIGCHLD not handled yet: look without sleeping.
+    let timeout = if signals.will_sleep() {
+        timeout
+    } else {
+        Some(Duration::ZERO)
+    };
+    let polled = crate::platform::poll(&mut fds, timeout);
+    signals.woke();
+    if let Err(err) = polled {
         // Not expected (EINTR is handled); sleep briefly rather than spin.
         log::warn!("poll failed: {err}");
         std::thread::sleep(Duration::from_millis(10));

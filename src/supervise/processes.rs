@@ -119,7 +119,7 @@ impl Host for Processes<'_> {
             Ok(pair) => pair,
             Err(err) => return Self::failed(err.to_string(), exit::FAILURE),
         };
-        let argv = self.plan.argv(entry);
+        let argv = self.plan.argv_at(entry, &path);
         let env = TaskEnv {
             id: &entry.id,
             path: &path,
@@ -218,9 +218,6 @@ impl Host for Processes<'_> {
 
     fn reap(&mut self, events: &mut Vec<Event>) {
         if self.signals.take_child() {
-            // The handler also wrote to the self-pipe; empty it now, or the
-            // next poll would wake at once for a SIGCHLD already handled.
-            self.signals.drain();
             loop {
                 match platform::reap_any() {
                     Ok(Some((pid, status, usage))) => {
