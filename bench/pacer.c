@@ -18,7 +18,14 @@
  *     so nothing else can inherit it), closes its own copy, and reaps
  *     finished tasks with waitpid(-1, WNOHANG) if a SIGCHLD has arrived
  *     since the last reap;
- *  4. waits for every task.
+ *  4. waits for every task;
+ *  5. reports its own CPU, all its threads (it has one) and none of its
+ *     tasks, as getrusage(RUSAGE_SELF) gives it, the way scatter reports its
+ *     own in its JSON report: one line on stderr,
+ *
+ *         pacer: own cpu USER_US SYS_US
+ *
+ *     (microseconds), which bench/run reads.
  *
  * Why only after a SIGCHLD: waitpid(-1, ...) makes the kernel walk the list
  * of every live child (wait_consider_task), so with 10,000 tasks alive
@@ -27,8 +34,8 @@
  * purpose as the machine's limit. When tasks exit quickly (scenarios a-c)
  * a SIGCHLD has arrived before nearly every start, so nothing changes.
  *
- * No holder records, no environment, no process groups, no report: anything
- * scatter spends beyond this is its overhead.
+ * No holder records, no environment, no process groups, no report beyond
+ * that one line: anything scatter spends beyond this is its overhead.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -40,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -168,5 +176,14 @@ int main(int argc, char **argv)
             break; /* ECHILD */
         }
     }
+
+    /* 5. its own CPU, measured last, as scatter measures its own just
+     * before its report */
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        die("getrusage");
+    fprintf(stderr, "pacer: own cpu %lld %lld\n",
+            (long long)ru.ru_utime.tv_sec * 1000000LL + ru.ru_utime.tv_usec,
+            (long long)ru.ru_stime.tv_sec * 1000000LL + ru.ru_stime.tv_usec);
     return 0;
 }
