@@ -17,6 +17,16 @@ use super::records::{Event, InstanceRecord, RunRecord};
 
 /// How often queued instance updates are merged into `instances.json`.
 const INSTANCE_FLUSH: Duration = Duration::from_secs(5);
+/// A merge rewrites the whole `instances.json`, which for 10,000 instances
+/// takes tens of milliseconds of CPU: the pause before the next one grows
+/// with what the last one cost, so merging never takes more than about a
+/// thousandth of the run's time. It never waits longer than this.
+const INSTANCE_FLUSH_MAX: Duration = Duration::from_secs(60);
+
+/// The pause after a merge that took `took`.
+fn merge_pause(took: Duration) -> Duration {
+    took.saturating_mul(1000).clamp(INSTANCE_FLUSH, INSTANCE_FLUSH_MAX)
+}
 /// How often the run record is rewritten while the run progresses.
 const RUN_FLUSH: Duration = Duration::from_secs(1);
 
@@ -160,6 +170,7 @@ fn writer_loop(
     let mut events: Vec<Event> = Vec::new();
     let mut last_run_write: Option<Instant> = None;
     let mut last_merge = Instant::now();
+    let mut pause = INSTANCE_FLUSH;
     let mut written = Written {
         instances: None,
         errors: Vec::new(),
@@ -179,7 +190,7 @@ fn writer_loop(
         let wait = if events.is_empty() {
             run_due
         } else {
-            run_due.min(INSTANCE_FLUSH.saturating_sub(last_merge.elapsed()))
+            run_due.min(pause.saturating_sub(last_merge.elapsed()))
         };
         let msg = match rx.recv_timeout(wait) {
             Ok(msg) => Some(msg),
@@ -206,7 +217,7 @@ fn writer_loop(
         } else if run_due {
             last_run_write = Some(Instant::now());
         }
-        let due_merge = !events.is_empty() && last_merge.elapsed() >= INSTANCE_FLUSH;
+        let due_merge = !events.is_empty() && last_merge.elapsed() >= pause;
         if let Some((keep, settle)) = finish.as_mut() {
             match dir.merge_settled(&events, keep.as_deref(), settle.take()) {
                 // Kept only from the last merge (for the metrics file):
@@ -220,11 +231,13 @@ fn writer_loop(
             events.clear();
             last_merge = Instant::now();
         } else if due_merge {
+            let began = Instant::now();
             if let Err(err) = dir.merge(&events, None) {
                 report("cannot update instance records", err, &mut written.errors);
             }
             events.clear();
             last_merge = Instant::now();
+            pause = merge_pause(last_merge - began);
         }
         if finish.is_some() {
             let run_id = progress.snapshot().run_id;
@@ -233,5 +246,18 @@ fn writer_loop(
             }
             return written;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_between_merges_grows_with_their_cost() {
+        assert_eq!(merge_pause(Duration::from_micros(200)), INSTANCE_FLUSH);
+        assert_eq!(merge_pause(Duration::from_millis(20)), Duration::from_secs(20));
+        assert_eq!(merge_pause(Duration::from_secs(3)), INSTANCE_FLUSH_MAX);
+        assert_eq!(merge_pause(Duration::MAX), INSTANCE_FLUSH_MAX);
     }
 }
