@@ -45,8 +45,9 @@ pub fn open_dir_path(dir: &std::path::Path) -> io::Result<OwnedFd> {
 
 /// Whether `name` in `dir` is a directory, or a symlink to one.
 pub fn is_dir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> bool {
-    rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty())
-        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory)
+    rustix::fs::statat(dir, name, rustix::fs::AtFlags::empty()).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+    })
 }
 
 /// The effective uid scatter runs as.

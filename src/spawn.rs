@@ -233,7 +233,12 @@ impl Spawner {
             Redirect::Inherit => -1,
             Redirect::Fd(fd) => fd,
         };
-        let key = [output.stdin, fd_of(output.stdout), fd_of(output.stderr), lock_fd];
+        let key = [
+            output.stdin,
+            fd_of(output.stdout),
+            fd_of(output.stderr),
+            lock_fd,
+        ];
         let mut cached = self.actions.borrow_mut();
         if cached.as_ref().is_none_or(|(k, _)| *k != key) {
             let mut actions = Actions::new()?;

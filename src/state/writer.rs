@@ -25,7 +25,8 @@ const INSTANCE_FLUSH_MAX: Duration = Duration::from_secs(60);
 
 /// The pause after a merge that took `took`.
 fn merge_pause(took: Duration) -> Duration {
-    took.saturating_mul(1000).clamp(INSTANCE_FLUSH, INSTANCE_FLUSH_MAX)
+    took.saturating_mul(1000)
+        .clamp(INSTANCE_FLUSH, INSTANCE_FLUSH_MAX)
 }
 /// How often the run record is rewritten while the run progresses.
 const RUN_FLUSH: Duration = Duration::from_secs(1);
@@ -256,7 +257,10 @@ mod tests {
     #[test]
     fn the_pause_between_merges_grows_with_their_cost() {
         assert_eq!(merge_pause(Duration::from_micros(200)), INSTANCE_FLUSH);
-        assert_eq!(merge_pause(Duration::from_millis(20)), Duration::from_secs(20));
+        assert_eq!(
+            merge_pause(Duration::from_millis(20)),
+            Duration::from_secs(20)
+        );
         assert_eq!(merge_pause(Duration::from_secs(3)), INSTANCE_FLUSH_MAX);
         assert_eq!(merge_pause(Duration::MAX), INSTANCE_FLUSH_MAX);
     }
