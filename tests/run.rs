@@ -269,3 +269,22 @@ fn the_report_says_what_scatter_itself_cost() {
         "scatter's own CPU excludes the task's",
     );
 }
+
+#[test]
+fn scatter_sleeps_between_starts() {
+    let fx = Fixture::with(&["a", "b", "c", "d"]);
+    let ran = run(
+        fx.run(&["--window", "2s", "--format", "json", "--", "true"]),
+        fx.tmp.path(),
+    );
+    ran.expect_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).unwrap();
+    let own =
+        doc["own_cpu_user_secs"].as_f64().unwrap() + doc["own_cpu_sys_secs"].as_f64().unwrap();
+    // Sleeping, it needs a few milliseconds; polling in a loop, most of the
+    // 2 s.
+    ran.check(
+        own < 0.4,
+        &format!("scatter's own CPU {own:.3} s over a 2 s window"),
+    );
+}

@@ -169,6 +169,31 @@ fn connections_are_kept_alive_and_reused() {
     assert!(srv.connections() <= 10, "{} connections", srv.connections());
 }
 
+/// scatter's own CPU from its JSON report, in seconds.
+fn own_cpu(doc: &serde_json::Value) -> f64 {
+    doc["own_cpu_user_secs"].as_f64().unwrap() + doc["own_cpu_sys_secs"].as_f64().unwrap()
+}
+
+#[test]
+fn scatter_sleeps_between_requests() {
+    // A flag that nothing clears kept every poll from sleeping once: the
+    // requests were right and on time, and scatter burned a core.
+    let srv = Server::start(by_name);
+    let fx = Fixture::with(&["a", "b", "c", "d"]);
+    let url = srv.url("/{}");
+    let ran = run(
+        fx.run(&["--window", "2s", "--format", "json", "--url", &url]),
+        fx.tmp.path(),
+    );
+    ran.expect_code(0);
+    let own = own_cpu(&json(&ran));
+    // Sleeping, it needs a few milliseconds; spinning, most of the 2 s.
+    ran.check(
+        own < 0.4,
+        &format!("scatter's own CPU {own:.3} s over a 2 s window"),
+    );
+}
+
 #[test]
 fn hostile_ids_arrive_percent_encoded_and_decode_to_the_exact_bytes() {
     let srv = Server::start(by_name);

@@ -324,6 +324,10 @@ impl Host for Requests<'_> {
     }
 
     fn reap(&mut self, events: &mut Vec<Event>) {
+        // No task here is a process, so a SIGCHLD (and the flag's initial
+        // "maybe") means nothing to reap; left set, it would keep every
+        // `poll` from sleeping.
+        self.signals.take_child();
         events.append(&mut self.ended);
         self.claims.fire_hung();
     }
