@@ -265,30 +265,25 @@ impl Spawner {
         // placeholder): search PATH, as execvp does.
         let search = program.is_none() && !arg0.as_bytes().contains(&b'/');
         let mut pid: libc::pid_t = 0;
+        // The two differ only in searching PATH; their signatures are one.
+        let spawn = if search {
+            libc::posix_spawnp
+        } else {
+            libc::posix_spawn
+        };
         // SAFETY: every pointer is valid for the call: `path`, the C strings
         // behind `arg_ptrs` and `env_ptrs` (both null-terminated arrays),
         // the initialised file actions and attributes. posix_spawn does not
         // keep any of them after it returns.
         let ret = unsafe {
-            if search {
-                libc::posix_spawnp(
-                    &mut pid,
-                    path.as_ptr(),
-                    &actions.0,
-                    &self.attr.0,
-                    arg_ptrs.as_ptr().cast(),
-                    env_ptrs.as_ptr().cast(),
-                )
-            } else {
-                libc::posix_spawn(
-                    &mut pid,
-                    path.as_ptr(),
-                    &actions.0,
-                    &self.attr.0,
-                    arg_ptrs.as_ptr().cast(),
-                    env_ptrs.as_ptr().cast(),
-                )
-            }
+            spawn(
+                &mut pid,
+                path.as_ptr(),
+                &actions.0,
+                &self.attr.0,
+                arg_ptrs.as_ptr().cast(),
+                env_ptrs.as_ptr().cast(),
+            )
         };
         check(ret)?;
         Ok(pid)
