@@ -260,8 +260,7 @@ fn the_report_says_what_scatter_itself_cost() {
     );
     ran.expect_code(0);
     let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).unwrap();
-    let own =
-        doc["own_cpu_user_secs"].as_f64().unwrap() + doc["own_cpu_sys_secs"].as_f64().unwrap();
+    let own = util::own_cpu(&doc);
     let task = doc["instances"][0]["cpu_user_secs"].as_f64().unwrap()
         + doc["instances"][0]["cpu_sys_secs"].as_f64().unwrap();
     ran.check(
@@ -279,8 +278,7 @@ fn scatter_sleeps_between_starts() {
     );
     ran.expect_code(0);
     let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).unwrap();
-    let own =
-        doc["own_cpu_user_secs"].as_f64().unwrap() + doc["own_cpu_sys_secs"].as_f64().unwrap();
+    let own = util::own_cpu(&doc);
     // Sleeping, it needs a few milliseconds; polling in a loop, most of the
     // 2 s.
     ran.check(

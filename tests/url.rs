@@ -169,11 +169,6 @@ fn connections_are_kept_alive_and_reused() {
     assert!(srv.connections() <= 10, "{} connections", srv.connections());
 }
 
-/// scatter's own CPU from its JSON report, in seconds.
-fn own_cpu(doc: &serde_json::Value) -> f64 {
-    doc["own_cpu_user_secs"].as_f64().unwrap() + doc["own_cpu_sys_secs"].as_f64().unwrap()
-}
-
 #[test]
 fn scatter_sleeps_between_requests() {
     // A flag that nothing clears kept every poll from sleeping once: the
@@ -186,7 +181,7 @@ fn scatter_sleeps_between_requests() {
         fx.tmp.path(),
     );
     ran.expect_code(0);
-    let own = own_cpu(&json(&ran));
+    let own = util::own_cpu(&json(&ran));
     // Sleeping, it needs a few milliseconds; spinning, most of the 2 s.
     ran.check(
         own < 0.4,

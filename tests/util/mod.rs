@@ -364,6 +364,16 @@ impl Ran {
     }
 }
 
+/// scatter's own CPU (user + system, seconds) from its JSON report.
+pub fn own_cpu(doc: &serde_json::Value) -> f64 {
+    let field = |name: &str| {
+        doc[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {name} in the JSON report: {doc}"))
+    };
+    field("own_cpu_user_secs") + field("own_cpu_sys_secs")
+}
+
 /// `ls -lR`-like listing, with names escaped.
 pub fn listing(root: &Path) -> String {
     let mut out = String::new();
