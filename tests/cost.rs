@@ -83,39 +83,16 @@ fn a_tasks_cpu_time_and_peak_memory_are_reported_recorded_and_ranked() {
     );
 
     // scatter status --sort cpu --top 1: the costly tenant, with figures.
-    let mut status = util::scatter();
-    status
-        .args([
-            "status",
-            "--name",
-            "instances",
-            "--sort",
-            "cpu",
-            "--top",
-            "1",
-            "--state-dir",
-        ])
-        .arg(fx.state());
-    let shown = run(status, fx.tmp.path());
+    let shown = run(fx.status(&["--sort", "cpu", "--top", "1"]), fx.tmp.path());
     shown
         .expect_code(0)
         .expect_stdout("Instances by the CPU time of their last task (1 of 2)")
         .expect_stdout("burn  cpu ");
     assert!(!shown.stdout().contains("idle"), "{}", shown.stdout());
-    let mut status = util::scatter();
-    status
-        .args([
-            "status",
-            "--name",
-            "instances",
-            "--sort",
-            "rss",
-            "--format",
-            "json",
-            "--state-dir",
-        ])
-        .arg(fx.state());
-    let shown = run(status, fx.tmp.path());
+    let shown = run(
+        fx.status(&["--sort", "rss", "--format", "json"]),
+        fx.tmp.path(),
+    );
     let doc = json(&shown.out.stdout);
     assert_eq!(doc["sort"], "rss");
     assert_eq!(doc["instances"][0]["id"], "burn");

@@ -110,12 +110,7 @@ impl Health {
     }
 
     fn status(&self) -> serde_json::Value {
-        let mut cmd = scatter();
-        cmd.args(["status", "--format", "json", "--instances"])
-            .arg(&self.fx.instances)
-            .arg("--state-dir")
-            .arg(self.fx.state());
-        let ran = run(&mut cmd, self.fx.tmp.path());
+        let ran = run(self.fx.status(&["--format", "json"]), self.fx.tmp.path());
         serde_json::from_slice(&ran.out.stdout).unwrap()
     }
 
@@ -309,12 +304,7 @@ fn a_paused_instance_is_held_back_until_resumed_or_its_time_is_up() {
         (acme["paused"].as_bool(), acme["failing"].as_bool()),
         (Some(true), Some(false))
     );
-    let mut text = scatter();
-    text.args(["status", "--instances"])
-        .arg(&fx.instances)
-        .arg("--state-dir")
-        .arg(fx.state());
-    run(text, fx.tmp.path())
+    run(fx.status(&[]), fx.tmp.path())
         .expect_code(0)
         .expect_stdout("Paused\n  acme  by ")
         .expect_stdout(", until resumed: moving mailboxes\n");

@@ -19,16 +19,6 @@ fn run_with_state(fx: &Fixture, args: &[&str]) -> std::process::Command {
     fx.run(args)
 }
 
-fn status(fx: &Fixture, args: &[&str]) -> std::process::Command {
-    let mut cmd = scatter();
-    cmd.args(["status", "--instances"])
-        .arg(&fx.instances)
-        .arg("--state-dir")
-        .arg(state(fx))
-        .args(args);
-    cmd
-}
-
 fn instances_json(fx: &Fixture) -> serde_json::Value {
     let text = std::fs::read_to_string(state(fx).join("instances.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -152,7 +142,7 @@ fn status_shows_runs_in_progress_running_tasks_and_failures() {
     }));
     std::thread::sleep(Duration::from_millis(1500));
 
-    let ran = run(status(&fx, &["--format", "json"]), fx.tmp.path());
+    let ran = run(fx.status(&["--format", "json"]), fx.tmp.path());
     ran.expect_code(1);
     let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).expect("status JSON");
     assert_eq!(doc["format"], "scatter-status/1");
@@ -172,7 +162,7 @@ fn status_shows_runs_in_progress_running_tasks_and_failures() {
     assert_eq!(doc["instances"][0]["id"], "c", "failing first");
     assert_eq!(doc["instances"][0]["consecutive_failures"], 1);
 
-    let text = run(status(&fx, &[]), fx.tmp.path());
+    let text = run(fx.status(&[]), fx.tmp.path());
     text.expect_code(1)
         .expect_stdout("Runs in progress")
         .expect_stdout("of 3 started")
@@ -187,7 +177,7 @@ fn status_shows_runs_in_progress_running_tasks_and_failures() {
     // SIGKILL the run: its record stays "running", and status says it died.
     child.kill().unwrap();
     child.wait().unwrap();
-    let ran = run(status(&fx, &["--format", "json"]), fx.tmp.path());
+    let ran = run(fx.status(&["--format", "json"]), fx.tmp.path());
     let doc: serde_json::Value = serde_json::from_str(&ran.stdout()).unwrap();
     assert_eq!(doc["runs_in_progress"][0]["state"], "died");
     for t in doc["running"].as_array().unwrap() {
@@ -199,7 +189,7 @@ fn status_shows_runs_in_progress_running_tasks_and_failures() {
 fn status_is_ok_when_nothing_fails_and_needs_a_job() {
     let fx = Fixture::with(&["a"]);
     run(run_with_state(&fx, &["--", "true"]), fx.tmp.path()).expect_code(0);
-    run(status(&fx, &[]), fx.tmp.path())
+    run(fx.status(&[]), fx.tmp.path())
         .expect_code(0)
         .expect_stdout("Instances (0 of 1 failing)");
     run(scatter().arg("status"), fx.tmp.path())

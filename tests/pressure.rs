@@ -57,10 +57,7 @@ fn starts_wait_while_cpu_pressure_is_above_the_limit_and_go_on_when_it_falls() {
     let spawned = std::time::Instant::now();
     // The whole window and more at 90 %: nothing starts, and the run's
     // record says it is waiting for pressure.
-    let mut status = util::scatter();
-    status
-        .args(["status", "--name", "instances", "--state-dir"])
-        .arg(fx.state());
+    let mut status = fx.status(&[]);
     let waiting = wait_until(Duration::from_secs(10), || {
         String::from_utf8_lossy(&status.output().unwrap().stdout).contains("waiting for pressure")
     });
@@ -125,11 +122,7 @@ fn past_max_defer_starts_are_deferred_and_that_is_not_a_failure() {
     );
     assert!(fx.records().is_empty());
     // The records keep it as a skip, not as a failure.
-    let mut status = util::scatter();
-    status
-        .args(["status", "--name", "instances", "--state-dir"])
-        .arg(fx.state());
-    let shown = run(status, fx.tmp.path());
+    let shown = run(fx.status(&[]), fx.tmp.path());
     shown.expect_code(0).expect_stdout("--max-defer");
 }
 

@@ -82,12 +82,7 @@ fn statuses_below_400_are_ok_and_the_others_fail_with_their_status() {
         ),
         "{prom}"
     );
-    let status = run(
-        util::scatter()
-            .args(["status", "--name", "instances", "--state-dir"])
-            .arg(fx.state()),
-        fx.tmp.path(),
-    );
+    let status = run(fx.status(&[]), fx.tmp.path());
     status
         .expect_code(1)
         .expect_stdout("s404")

@@ -171,6 +171,18 @@ impl Fixture {
         cmd
     }
 
+    /// `scatter status` for the fixture's instances and state directory,
+    /// plus `args`.
+    pub fn status(&self, args: &[&str]) -> Command {
+        let mut cmd = scatter();
+        cmd.args(["status", "--instances"])
+            .arg(&self.instances)
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args);
+        cmd
+    }
+
     /// The state directory the fixture's runs write to.
     pub fn state(&self) -> PathBuf {
         self.tmp.path().join("state")
