@@ -9,7 +9,6 @@
 //! that does not parse is a usage error before anything starts.
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use anyhow::Result;
@@ -39,11 +38,6 @@ impl Filter {
             exclude,
             given,
         })
-    }
-
-    /// Whether any glob was given.
-    pub fn is_active(&self) -> bool {
-        !self.given.is_empty()
     }
 
     /// Whether `id` is an instance to run.
@@ -110,12 +104,6 @@ fn compile(
     Ok(Some(set))
 }
 
-/// Whether the raw bytes of `id` contain a `/`, which no instance id can.
-pub fn is_one_component(id: &OsStr) -> bool {
-    let bytes = id.as_bytes();
-    !bytes.is_empty() && !bytes.contains(&b'/') && bytes != b"." && bytes != b".."
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,7 +117,7 @@ mod tests {
     #[test]
     fn include_then_exclude() {
         let none = f(&[], &[]);
-        assert!(!none.is_active() && none.admits(OsStr::new("anything")));
+        assert!(none.admits(OsStr::new("anything")));
         let ex = f(&[], &["lost+found", "_*"]);
         assert!(!ex.admits(OsStr::new("lost+found")));
         assert!(!ex.admits(OsStr::new("_template")));
@@ -163,13 +151,5 @@ mod tests {
         let err = Filter::new(&["a[".to_string()], &[]).unwrap_err();
         assert_eq!(crate::exit::code_of(&err), crate::exit::USAGE);
         assert!(format!("{err:#}").contains("--include $'a['"), "{err:#}");
-    }
-
-    #[test]
-    fn components() {
-        assert!(is_one_component(OsStr::new("acme")));
-        for bad in ["", ".", "..", "a/b"] {
-            assert!(!is_one_component(OsStr::new(bad)), "{bad}");
-        }
     }
 }

@@ -22,10 +22,10 @@ use crate::cli::{JobArgs, PauseArgs, ResumeArgs};
 use crate::config::default_name;
 use crate::display::{hex_unless_utf8, quoted, unix_secs};
 use crate::exit::{self, Fatal};
-use crate::filter::is_one_component;
 use crate::health::pause_words;
 use crate::idcode::encode_id;
 use crate::platform;
+use crate::safedir::is_one_component;
 use crate::state::health::MAX_REASON;
 use crate::state::{self, Pause, StateDir};
 

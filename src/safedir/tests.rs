@@ -378,3 +378,11 @@ fn sizes_read_well() {
     assert_eq!(size(256 << 20), "256 MiB");
     assert_eq!(size(3 << 19), "1.5 MiB");
 }
+
+#[test]
+fn components() {
+    assert!(super::is_one_component(std::ffi::OsStr::new("acme")));
+    for bad in ["", ".", "..", "a/b"] {
+        assert!(!super::is_one_component(std::ffi::OsStr::new(bad)), "{bad}");
+    }
+}

@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::io::{self};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -160,8 +160,7 @@ fn push_components(pending: &mut Vec<OsString>, path: &Path) {
 
 /// Refuses a name that is not one plain path component.
 pub(super) fn component(name: &OsStr) -> io::Result<&OsStr> {
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+    if !super::is_one_component(name) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a file name", quoted(name)),

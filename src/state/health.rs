@@ -326,7 +326,7 @@ fn exact_id(text: &str, hex: Option<&str>) -> Option<OsString> {
     let bytes = hex
         .and_then(unhex)
         .unwrap_or_else(|| text.as_bytes().to_vec());
-    let usable = crate::filter::is_one_component(OsStr::from_bytes(&bytes)) && !bytes.contains(&0);
+    let usable = crate::safedir::is_one_component(OsStr::from_bytes(&bytes)) && !bytes.contains(&0);
     usable.then(|| OsString::from_vec(bytes))
 }
 
