@@ -15,12 +15,16 @@
 //! descriptor the task needs is set up by file actions, which run in the
 //! child between its creation and its `exec`: `dup2` of stdin, stdout and
 //! stderr, and a `dup2` of the lock descriptor onto itself, which clears its
-//! close-on-exec flag in the child only (glibc and musl do so for
-//! `adddup2(fd, fd)`, as POSIX.1-2024 requires). So the spawner makes no
-//! system call of its own per task beyond what `posix_spawn` needs (a
-//! `clone` with `CLONE_VFORK`, its stack, the signal mask), no other thread
-//! or child can ever inherit the lock, and no `pre_exec` hook forces the slow
-//! `fork` path.
+//! close-on-exec flag in the child only, as POSIX.1-2024 requires of
+//! `adddup2(fd, fd)`. So the spawner makes no system call of its own per
+//! task beyond what `posix_spawn` needs (a `clone` with `CLONE_VFORK`, its
+//! stack, the signal mask), no other thread or child can ever inherit the
+//! lock, and no `pre_exec` hook forces the slow `fork` path. glibc does this
+//! from 2.29 on; with an older glibc (RHEL 8, Debian 10) or another C
+//! library, whose `dup2` onto itself would leave the flag and start the task
+//! without its lock, the flag is cleared in scatter around the spawn
+//! instead: two `fcntl` calls more per task, and safe because only the
+//! supervisor thread starts processes.
 
 use std::ffi::{CString, OsStr, OsString, c_char};
 use std::io;
@@ -77,6 +81,39 @@ pub struct Spawner {
     /// every start), and building the actions asks the kernel for the
     /// descriptor limit twice per action, so they are kept while they fit.
     actions: std::cell::RefCell<Option<([RawFd; 4], Actions)>>,
+    /// The C library clears close-on-exec for a `dup2` file action of a
+    /// descriptor onto itself, so the lock reaches the task through the
+    /// file actions alone. Otherwise the flag is cleared around the spawn.
+    lock_by_action: bool,
+}
+
+/// Whether `posix_spawn` clears close-on-exec for a `dup2` of a descriptor
+/// onto itself, as POSIX.1-2024 asks: glibc does from 2.29 on. An older
+/// one leaves the flag, and the task would start without its lock, which
+/// scatter then releases while the task runs. Other C libraries are not
+/// trusted with it.
+fn dup2_onto_itself_clears_cloexec() -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: glibc returns a pointer to a static NUL-terminated string.
+        let version = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        glibc_at_least(version.to_bytes(), (2, 29))
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        false
+    }
+}
+
+/// Whether a glibc version string (`2.36`, `2.28.9000`) is at least `want`;
+/// false for one that does not parse.
+fn glibc_at_least(version: &[u8], want: (u32, u32)) -> bool {
+    let text = String::from_utf8_lossy(version);
+    let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
 }
 
 /// Owned spawn attributes, destroyed on drop.
@@ -193,6 +230,7 @@ impl Spawner {
             attr,
             env,
             actions: std::cell::RefCell::new(None),
+            lock_by_action: dup2_onto_itself_clears_cloexec(),
         })
     }
 
@@ -249,8 +287,10 @@ impl Spawner {
             if let Redirect::Fd(fd) = output.stderr {
                 actions.dup2(fd, 2)?;
             }
-            // Onto itself: clears close-on-exec in the child alone.
-            actions.dup2(lock_fd, lock_fd)?;
+            if self.lock_by_action {
+                // Onto itself: clears close-on-exec in the child alone.
+                actions.dup2(lock_fd, lock_fd)?;
+            }
             *cached = Some((key, actions));
         }
         let Some((_, actions)) = cached.as_ref() else {
@@ -275,6 +315,12 @@ impl Spawner {
         // behind `arg_ptrs` and `env_ptrs` (both null-terminated arrays),
         // the initialised file actions and attributes. posix_spawn does not
         // keep any of them after it returns.
+        // Without the file action, the flag is cleared for the spawn only.
+        // Only the supervisor thread starts processes, so no other exec can
+        // inherit the lock meanwhile.
+        if !self.lock_by_action {
+            rustix::io::fcntl_setfd(lock, rustix::io::FdFlags::empty())?;
+        }
         let ret = unsafe {
             spawn(
                 &mut pid,
@@ -285,6 +331,11 @@ impl Spawner {
                 env_ptrs.as_ptr().cast(),
             )
         };
+        if !self.lock_by_action {
+            // Failing to restore it costs nothing the caller relies on: the
+            // lock is closed right after the spawn.
+            let _ = rustix::io::fcntl_setfd(lock, rustix::io::FdFlags::CLOEXEC);
+        }
         check(ret)?;
         Ok(pid)
     }
@@ -315,7 +366,15 @@ mod tests {
     use std::os::fd::AsFd;
 
     fn spawn_and_wait(argv: &[&str], output: &Output, lock: &std::fs::File) -> i32 {
-        let spawner = Spawner::new("123.5").unwrap();
+        spawn_and_wait_with(Spawner::new("123.5").unwrap(), argv, output, lock)
+    }
+
+    fn spawn_and_wait_with(
+        spawner: Spawner,
+        argv: &[&str],
+        output: &Output,
+        lock: &std::fs::File,
+    ) -> i32 {
         let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
         let env = TaskEnv {
             id: OsStr::new("a b"),
@@ -370,6 +429,46 @@ mod tests {
         assert!(text.contains("leader\n"), "{text}");
         assert!(text.contains("eof\n"), "{text}");
         assert!(!text.contains("survived"), "{text}");
+    }
+
+    #[test]
+    fn the_lock_reaches_the_task_without_the_file_action_too() {
+        use std::os::fd::AsRawFd;
+        let tmp = tempfile::tempdir().unwrap();
+        let out = std::fs::File::create(tmp.path().join("out")).unwrap();
+        let lock = tempfile::tempfile().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let output = Output {
+            stdin: null.as_raw_fd(),
+            stdout: Redirect::Fd(out.as_raw_fd()),
+            stderr: Redirect::Fd(out.as_raw_fd()),
+            keep: None,
+        };
+        // As on a C library whose dup2 onto itself keeps close-on-exec.
+        let mut spawner = Spawner::new("1").unwrap();
+        spawner.lock_by_action = false;
+        let script = "[ -e /proc/self/fd/$SCATTER_LOCK_FD ] && echo lock";
+        spawn_and_wait_with(spawner, &["sh", "-c", script], &output, &lock);
+        let text = std::fs::read_to_string(tmp.path().join("out")).unwrap();
+        assert_eq!(text, "lock\n");
+        // scatter's own descriptor is close-on-exec again.
+        let flags = rustix::io::fcntl_getfd(&lock).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+    }
+
+    #[test]
+    fn glibc_versions_from_2_29_clear_close_on_exec() {
+        assert!(glibc_at_least(b"2.29", (2, 29)));
+        assert!(glibc_at_least(b"2.36", (2, 29)));
+        assert!(glibc_at_least(b"3.0", (2, 29)));
+        assert!(!glibc_at_least(b"2.28", (2, 29)));
+        assert!(!glibc_at_least(b"2.28.9000", (2, 29)));
+        assert!(!glibc_at_least(b"", (2, 29)));
+        assert!(!glibc_at_least(b"x.y", (2, 29)));
+        assert!(!glibc_at_least(b"99999999999.1", (2, 29)));
+        // This machine's glibc is new enough for the file action alone.
+        #[cfg(target_env = "gnu")]
+        assert!(dup2_onto_itself_clears_cloexec());
     }
 
     #[test]
