@@ -548,3 +548,28 @@ fn failures_are_journal_records_of_their_own_too() {
     );
     assert!(failure.iter().any(|(k, v)| k == "PRIORITY" && v == b"4"));
 }
+
+#[test]
+fn a_task_that_ended_reaches_the_records_while_the_run_goes_on() {
+    // Two slots 60 s apart: a's outcome must not wait for b's start.
+    let fx = Fixture::with(&["a", "b"]);
+    let mut cmd = fx.run(&["--window", "120s", "--", "true"]);
+    let mut child = util::spawn(&mut cmd);
+    let path = fx.state().join("instances.json");
+    // The first merge is due 5 s after the start; b starts at 60 s.
+    let recorded = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&path).is_ok_and(|text| {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .is_ok_and(|doc| doc["instances"]["a"]["outcome"] == "ok")
+        })
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(
+        recorded,
+        "a's outcome was not in {} within 30 s",
+        path.display()
+    );
+    assert_eq!(status.code(), Some(143));
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,11 +32,14 @@ fn merge_pause(took: Duration) -> Duration {
 const RUN_FLUSH: Duration = Duration::from_secs(1);
 
 /// The run record, updated by the supervisor's thread and written by the
-/// writer's, at most once a second.
+/// writer's, at most once a second; and the instances' events, queued by
+/// the supervisor's thread and taken by the writer's whenever it wakes
+/// (at least once a second), so queueing one never wakes the writer.
 #[derive(Debug, Default)]
 pub struct Progress {
     record: Mutex<RunRecord>,
     dirty: AtomicBool,
+    events: Mutex<Vec<Event>>,
 }
 
 impl Progress {
@@ -44,6 +47,7 @@ impl Progress {
         Arc::new(Progress {
             record: Mutex::new(record),
             dirty: AtomicBool::new(true),
+            events: Mutex::new(Vec::new()),
         })
     }
 
@@ -58,10 +62,14 @@ impl Progress {
     pub fn snapshot(&self) -> RunRecord {
         self.record.lock().map(|r| r.clone()).unwrap_or_default()
     }
+
+    /// Moves the queued events to the end of `into`.
+    fn take_events(&self, into: &mut Vec<Event>) {
+        into.append(&mut self.events.lock().unwrap_or_else(PoisonError::into_inner));
+    }
 }
 
 enum Msg {
-    Events(Vec<Event>),
     Finish {
         /// Encoded ids of every current instance (sorted), after a full run.
         keep: Option<Vec<String>>,
@@ -86,17 +94,8 @@ pub struct Written {
 pub struct Writer {
     tx: Sender<Msg>,
     handle: JoinHandle<Written>,
-    /// Events not handed over yet: sending each on its own would wake the
-    /// thread once per task, though it merges only every few seconds.
-    batch: Vec<Event>,
-    /// When the last batch was handed over.
-    sent: Instant,
+    progress: Arc<Progress>,
 }
-
-/// How often queued events are handed to the writer thread (it merges
-/// them every [`INSTANCE_FLUSH`]), and how many it may wait for at most.
-const HANDOVER: Duration = Duration::from_secs(1);
-const HANDOVER_MAX: usize = 4096;
 
 impl Writer {
     /// Starts the writer thread; the run record is written at once. The
@@ -104,37 +103,31 @@ impl Writer {
     /// start (EAGAIN); the caller then runs without history.
     pub fn start(dir: StateDir, progress: Arc<Progress>, keep_runs: usize) -> Result<Writer> {
         let (tx, rx) = mpsc::channel();
+        let shared = Arc::clone(&progress);
         let handle = std::thread::Builder::new()
             .name("scatter-state".into())
             .spawn(move || {
                 // Starts matter more than records: on a busy machine the
                 // writer waits, the supervisor does not.
                 crate::platform::lower_thread_priority();
-                writer_loop(&dir, &rx, &progress, keep_runs)
+                writer_loop(&dir, &rx, &shared, keep_runs)
             })
             .context("cannot start the thread that writes the state files")?;
         Ok(Writer {
             tx,
             handle,
-            batch: Vec::new(),
-            sent: Instant::now(),
+            progress,
         })
     }
 
-    /// Queues an instance's event; it reaches the writer thread with the
-    /// next batch (at most a second later).
+    /// Queues an instance's event; the writer thread takes it when it next
+    /// wakes, at most a second later.
     pub fn event(&mut self, event: Event) {
-        self.batch.push(event);
-        if self.batch.len() >= HANDOVER_MAX || self.sent.elapsed() >= HANDOVER {
-            self.hand_over();
-        }
-    }
-
-    fn hand_over(&mut self) {
-        if !self.batch.is_empty() {
-            let _ = self.tx.send(Msg::Events(std::mem::take(&mut self.batch)));
-        }
-        self.sent = Instant::now();
+        self.progress
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
     }
 
     /// Writes everything still queued and the final run record (as left in
@@ -145,8 +138,7 @@ impl Writer {
 
     /// [`Writer::finish`], with `settle` run on the whole instances file in
     /// the last merge, under its lock.
-    pub fn finish_settled(mut self, keep: Option<Vec<String>>, settle: Option<Settle>) -> Written {
-        self.hand_over();
+    pub fn finish_settled(self, keep: Option<Vec<String>>, settle: Option<Settle>) -> Written {
         let _ = self.tx.send(Msg::Finish { keep, settle });
         drop(self.tx);
         self.handle.join().unwrap_or_else(|_| {
@@ -204,11 +196,11 @@ fn writer_loop(
             .into_iter()
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
         {
-            match msg {
-                Msg::Events(batch) => events.extend(batch),
-                Msg::Finish { keep, settle } => finish = Some((keep, settle)),
-            }
+            let Msg::Finish { keep, settle } = msg;
+            finish = Some((keep, settle));
         }
+        // After the finish message: every event was queued before it.
+        progress.take_events(&mut events);
         let run_due = last_run_write.is_none_or(|at| at.elapsed() >= RUN_FLUSH);
         if (run_due || finish.is_some()) && progress.dirty.swap(false, Ordering::AcqRel) {
             if let Err(err) = dir.write_run(&progress.snapshot()) {
