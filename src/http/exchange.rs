@@ -45,9 +45,17 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(sock: TcpStream, tls: Option<rustls::ClientConnection>) -> Conn {
+        let tls = tls.map(|mut tls| {
+            // rustls holds at most 64 KiB of plaintext until the handshake
+            // is done, then takes no more (`Ok(0)`): a larger request would
+            // never be sent. The request is whole in memory already, at
+            // most MAX_REQUEST, so the copy is bounded by it.
+            tls.set_buffer_limit(None);
+            Box::new(tls)
+        });
         Conn {
             sock,
-            tls: tls.map(Box::new),
+            tls,
             eof: false,
         }
     }
@@ -73,8 +81,15 @@ impl Conn {
             Some(tls) => {
                 // Buffered by rustls until the handshake is done.
                 let n = tls.writer().write(data)?;
-                self.flush()?;
-                Ok(n)
+                // Taken: the bytes are rustls's now, whether or not the
+                // socket takes their records yet (the caller's loop flushes
+                // what is left). Reporting WouldBlock here would have the
+                // caller hand them over again, and the server see them twice.
+                match self.flush() {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+                    Err(e) => Err(e),
+                    Ok(()) => Ok(n),
+                }
             }
         }
     }

@@ -61,28 +61,16 @@ fn exchange(answer: &[u8], close: bool) -> Ended {
         None,
     )
     .unwrap();
-    let (mut buf, mut body) = (vec![0; 16 * 1024], vec![0; 16 * 1024]);
-    let until = Instant::now() + Duration::from_secs(10);
-    let ended = loop {
-        match ex.step(&mut buf, &mut body) {
-            Step::Wait { .. } => {
-                assert!(Instant::now() < until, "the exchange never ended");
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Step::Done(r) => {
-                break Ended::Done {
-                    status: r.status,
-                    head: r.head,
-                    reusable: r.conn.is_some(),
-                };
-            }
-            Step::Failed(f) => {
-                break Ended::Failed {
-                    reason: f.reason,
-                    unanswered: f.unanswered,
-                };
-            }
-        }
+    let ended = match drive(&mut ex) {
+        Ok(r) => Ended::Done {
+            status: r.status,
+            head: r.head,
+            reusable: r.conn.is_some(),
+        },
+        Err(f) => Ended::Failed {
+            reason: f.reason,
+            unanswered: f.unanswered,
+        },
     };
     peer.join().unwrap();
     ended
@@ -171,4 +159,142 @@ fn a_close_before_any_answer_is_unanswered_and_garbage_is_a_protocol_error() {
     assert!(unanswered);
     let (reason, _) = failed(b"SSH-2.0-OpenSSH\r\n\r\n", true);
     assert!(reason.contains("invalid HTTP response"), "{reason}");
+}
+
+/// Drives an exchange to its end, polling with short sleeps.
+fn drive(ex: &mut Exchange) -> Result<super::exchange::Response, super::exchange::Failure> {
+    let (mut buf, mut body) = (vec![0; 16 * 1024], vec![0; 16 * 1024]);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ex.step(&mut buf, &mut body) {
+            Step::Wait { .. } => {
+                assert!(Instant::now() < until, "the exchange never ended");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Step::Done(r) => return Ok(r),
+            Step::Failed(f) => return Err(f),
+        }
+    }
+}
+
+/// Reads one request (head and `content-length` body) from `from`, with
+/// `got` holding what was read already; returns its body and leaves the
+/// bytes past it in `got`.
+fn read_request(from: &mut impl Read, got: &mut Vec<u8>) -> Vec<u8> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..at]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= at + 4 + length {
+                let rest = got.split_off(at + 4 + length);
+                let body = got.split_off(at + 4);
+                *got = rest;
+                return body;
+            }
+        }
+        let n = from.read(&mut buf).unwrap();
+        assert!(n > 0, "the request ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A large request over a kept-alive TLS connection to a peer that takes
+/// its time reading: the socket fills while rustls holds the request, and
+/// every byte must reach the peer once.
+#[test]
+fn a_large_request_over_tls_to_a_slow_reader_arrives_once_and_whole() {
+    tls_request_arrives_once_and_whole(true);
+}
+
+/// The same on a new connection: 600 KiB is past the 64 KiB of plaintext
+/// rustls holds before the handshake by default, which must not stop it.
+#[test]
+fn a_large_request_on_a_new_tls_connection_is_not_stopped_by_the_handshake() {
+    tls_request_arrives_once_and_whole(false);
+}
+
+fn tls_request_arrives_once_and_whole(reused: bool) {
+    use std::sync::Arc;
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, key.cert.pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![key.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der())
+                    .unwrap(),
+            )
+            .unwrap(),
+    );
+    // A body in which any repeated or missing stretch shows.
+    let data: String = (0..600 * 1024 / 8).map(|i| format!("{i:08}")).collect();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    rustix::net::sockopt::set_socket_recv_buffer_size(&listener, 4096).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        let mut tls =
+            rustls::StreamOwned::new(rustls::ServerConnection::new(server).unwrap(), sock);
+        let mut got = Vec::new();
+        if reused {
+            read_request(&mut tls, &mut got);
+            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .unwrap();
+            tls.flush().unwrap();
+        }
+        // Let the client's socket fill up.
+        std::thread::sleep(Duration::from_millis(300));
+        let body = read_request(&mut tls, &mut got);
+        tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        tls.flush().unwrap();
+        // Anything past the body was sent twice.
+        tls.sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut more = [0u8; 1024];
+        let extra = got.len() + tls.read(&mut more).unwrap_or(0);
+        (body, extra)
+    });
+    let sock = crate::platform::connect_nonblocking(&addr).unwrap();
+    rustix::net::sockopt::set_socket_send_buffer_size(&sock, 4096).unwrap();
+    let config = super::tls::config(Some(&ca)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut conn = Conn::new(
+        sock,
+        Some(rustls::ClientConnection::new(config, name).unwrap()),
+    );
+    if reused {
+        let first = RequestTemplate::parse("https://127.0.0.1/x", None, &[], None)
+            .unwrap()
+            .expand(OsStr::new("x"));
+        let mut ex = Exchange::new(conn, "peer".into(), Method::Get, &first, false, None).unwrap();
+        let first = drive(&mut ex).unwrap_or_else(|f| panic!("failed: {}", f.reason));
+        conn = first.conn.expect("a reusable connection");
+    }
+    let request =
+        RequestTemplate::parse("https://127.0.0.1/x", Some(Method::Post), &[], Some(&data))
+            .unwrap()
+            .expand(OsStr::new("x"));
+    let mut ex = Exchange::new(conn, "peer".into(), Method::Post, &request, false, None).unwrap();
+    let done = drive(&mut ex).unwrap_or_else(|f| panic!("failed: {}", f.reason));
+    assert_eq!(done.status, 200);
+    let (body, extra) = peer.join().unwrap();
+    assert_eq!(extra, 0, "bytes past the request: some were sent twice");
+    assert_eq!(
+        body.len(),
+        data.len(),
+        "the body arrived with another length"
+    );
+    assert!(body == data.as_bytes(), "the body arrived altered");
 }
