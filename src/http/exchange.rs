@@ -374,7 +374,15 @@ impl Exchange {
                 }
             }
             Recv::Body(mut call) => {
-                let mut data = data;
+                // What the last read left unparsed comes first.
+                let joined;
+                let mut data = if self.input.is_empty() {
+                    data
+                } else {
+                    self.input.extend_from_slice(data);
+                    joined = std::mem::take(&mut self.input);
+                    &joined[..]
+                };
                 while !data.is_empty() {
                     let (used, produced) = match call.read(data, body) {
                         Ok(r) => r,
@@ -390,6 +398,15 @@ impl Exchange {
                 }
                 let close_delimited = call.body_mode() == ureq_proto::BodyMode::CloseDelimited;
                 if close_delimited || !call.can_proceed() {
+                    // A chunk's size line or its end, cut by the read: the
+                    // decoder takes it only whole, with the next read.
+                    if data.len() > MAX_HEAD {
+                        return Some(self.fail(format!(
+                            "invalid response body: a chunk header larger than {}",
+                            crate::display::size(MAX_HEAD as u64)
+                        )));
+                    }
+                    self.input = data.to_vec();
                     self.recv = Recv::Body(call);
                     return None;
                 }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use super::exchange::{BODY_HEAD, Conn, Exchange, MAX_HEAD, Step};
 use super::url::{Method, RequestTemplate};
 
-/// A peer that reads the request head, writes `answer`, then closes the
-/// connection if `close`, or else keeps it open a while.
-fn peer(answer: Vec<u8>, close: bool) -> (TcpStream, std::thread::JoinHandle<()>) {
+/// A peer that reads the request head, writes `answer` in `pieces` (a
+/// pause after each), then closes the connection if `close`, or else keeps
+/// it open a while.
+fn peer(pieces: Vec<Vec<u8>>, close: bool) -> (TcpStream, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = std::thread::spawn(move || {
@@ -25,7 +26,10 @@ fn peer(answer: Vec<u8>, close: bool) -> (TcpStream, std::thread::JoinHandle<()>
             }
             head.push(byte[0]);
         }
-        let _ = sock.write_all(&answer);
+        for piece in pieces {
+            let _ = sock.write_all(&piece);
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if !close {
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -48,7 +52,12 @@ enum Ended {
 
 /// Drives one GET through to its end, polling with short sleeps.
 fn exchange(answer: &[u8], close: bool) -> Ended {
-    let (sock, peer) = peer(answer.to_vec(), close);
+    exchange_in_pieces(&[answer], close)
+}
+
+/// [`exchange`], the answer written in pieces.
+fn exchange_in_pieces(pieces: &[&[u8]], close: bool) -> Ended {
+    let (sock, peer) = peer(pieces.iter().map(|p| p.to_vec()).collect(), close);
     let request = RequestTemplate::parse("http://127.0.0.1/{}", None, &[], None)
         .unwrap()
         .expand(OsStr::new("x"));
@@ -92,6 +101,38 @@ fn failed(answer: &[u8], close: bool) -> (String, bool) {
         Ended::Failed { reason, unanswered } => (reason, unanswered),
         Ended::Done { status, .. } => panic!("done with {status}"),
     }
+}
+
+#[test]
+fn a_chunked_body_cut_anywhere_by_the_reads_is_read_whole() {
+    let answer: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+        5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let start = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    // Every cut in the body: in a size line, between its CR and LF, in the
+    // data, in the last chunk.
+    for cut in start + 1..answer.len() {
+        let ended = exchange_in_pieces(&[&answer[..cut], &answer[cut..]], true);
+        match ended {
+            Ended::Done {
+                status,
+                head,
+                reusable,
+            } => {
+                assert_eq!(status, 200, "cut at {cut}");
+                assert_eq!(head, b"hello world", "cut at {cut}");
+                assert!(reusable, "cut at {cut}");
+            }
+            Ended::Failed { reason, .. } => panic!("cut at {cut}: {reason}"),
+        }
+    }
+}
+
+#[test]
+fn a_chunk_header_without_end_fails_at_the_bound() {
+    let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;".to_vec();
+    answer.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
+    let (reason, _) = failed(&answer, true);
+    assert!(reason.contains("invalid response body"), "{reason}");
 }
 
 #[test]
