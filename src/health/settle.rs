@@ -68,17 +68,20 @@ pub fn settle(
         let Some(record) = file.instances.get_mut(&key) else {
             continue;
         };
-        instance_changes(
-            record,
-            id,
-            *kind,
-            closing.paused.get(&key),
-            closing,
-            quiet,
-            now,
-        )
-        .into_iter()
-        .for_each(|c| changes.push(c));
+        // A pause is the operator's: its end is reported even in an outage,
+        // and the run's own outcome is judged as well.
+        if let Some(since) = closing.paused.get(&key) {
+            record.paused_since = Some(*since);
+        } else if let Some(since) = record.paused_since.take() {
+            changes.push(Notice {
+                failures: u64::from(record.consecutive_failures),
+                at: now,
+                reason: "no longer paused".into(),
+                since: Some(since),
+                ..Notice::new(Transition::Unpaused, Some(id))
+            });
+        }
+        changes.extend(instance_changes(record, id, *kind, closing, quiet, now));
     }
     if closing.notify || file.job.notify {
         for change in &mut changes {
@@ -146,12 +149,12 @@ fn job_changes(
     }
 }
 
-/// The changes of one instance this run, and its level and alert after it.
+/// The change of one instance's health this run, and its level and alert
+/// after it.
 fn instance_changes(
     record: &mut InstanceRecord,
     id: &OsStr,
     kind: Kind,
-    paused: Option<&f64>,
     closing: &Closing,
     quiet: bool,
     now: f64,
@@ -162,16 +165,6 @@ fn instance_changes(
         at: now,
         ..Notice::new(event, Some(id))
     };
-    // A pause is the operator's: its end is reported even in an outage.
-    if let Some(since) = paused {
-        record.paused_since = Some(*since);
-    } else if let Some(since) = record.paused_since.take() {
-        return Some(Notice {
-            reason: "no longer paused".into(),
-            since: Some(since),
-            ..notice(Transition::Unpaused)
-        });
-    }
     if kind == Kind::Paused || !(kind.attempted() || kind == Kind::BackedOff) {
         return None;
     }

@@ -350,6 +350,29 @@ fn a_pause_ending_is_reported_once() {
 }
 
 #[test]
+fn a_resumed_instance_that_fails_is_unpaused_and_failing_in_the_same_run() {
+    let mut file = InstancesFile::default();
+    let mut c = closing(1, None);
+    c.paused.insert(encode_id("a".as_ref()), T0 - 100.0);
+    let paused = Outcome::Paused("paused by root".into());
+    assert!(run(&mut file, &c, &[("a", paused)], T0).is_empty());
+    c.paused.clear();
+    let resumed = run(&mut file, &c, &[("a", Outcome::Failed(1))], T0 + MIN);
+    assert_eq!(
+        events(&resumed),
+        [
+            (Transition::Unpaused, Some("a".into())),
+            (Transition::Failing, Some("a".into()))
+        ]
+    );
+    // Its failure counts towards back-off as any other.
+    let a = record(&file, "a");
+    assert_eq!(a.backoff_level, 1);
+    assert!(a.next_attempt.is_some());
+    assert_eq!(a.paused_since, None);
+}
+
+#[test]
 fn changes_are_queued_only_for_a_job_with_a_hook() {
     let mut file = InstancesFile::default();
     let quiet = Closing {
