@@ -37,12 +37,12 @@ impl Outputs {
             return;
         }
         let shown = body.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let mut out = Vec::new();
+        let mut out = TaggedLines::new(tag);
         let mut lines = Lines::default();
-        let mut emit = |piece: &[u8]| tagged(&mut out, tag, piece);
+        let mut emit = |piece: &[u8]| out.push(piece);
         lines.feed(&body[..shown], &mut emit);
         lines.flush(&mut emit);
         self.shown.set(self.shown.get() + shown as u64);
-        relay::lines(Stream::Stdout, out);
+        out.relay();
     }
 }

@@ -54,6 +54,52 @@ impl Lines {
     }
 }
 
+/// Tagged lines built into one buffer for the relay, of at most the relay's
+/// queue size: what does not fit would be dropped there anyway. A tag is a
+/// quoted id of up to about a kilobyte, so 64 KiB of empty lines would
+/// otherwise be built into 64 MiB; the lines past the bound are only
+/// counted, and the relay reports them with the ones it drops.
+pub(super) struct TaggedLines<'a> {
+    tag: &'a str,
+    pub(super) out: Vec<u8>,
+    over_lines: u64,
+    over_bytes: u64,
+}
+
+impl<'a> TaggedLines<'a> {
+    pub(super) fn new(tag: &'a str) -> TaggedLines<'a> {
+        TaggedLines {
+            tag,
+            out: Vec::new(),
+            over_lines: 0,
+            over_bytes: 0,
+        }
+    }
+
+    /// Appends `tag: piece` (see [`tagged`]) if it fits, or counts it.
+    pub(super) fn push(&mut self, piece: &[u8]) {
+        let len = self.tag.len() + 2 + piece.len() + usize::from(!piece.ends_with(b"\n"));
+        if self.out.len() + len > relay::QUEUE_LIMIT {
+            self.over_lines += 1;
+            self.over_bytes += len as u64;
+        } else {
+            tagged(&mut self.out, self.tag, piece);
+        }
+    }
+
+    /// Lines that did not fit.
+    #[cfg(test)]
+    pub(super) fn over(&self) -> u64 {
+        self.over_lines
+    }
+
+    /// Hands the lines to the relay, and the count of those left out.
+    pub(super) fn relay(self) {
+        relay::lines(Stream::Stdout, self.out);
+        relay::dropped(Stream::Stdout, self.over_lines, self.over_bytes);
+    }
+}
+
 /// Appends `tag: piece` to `out`, with a newline if the piece has none.
 pub(super) fn tagged(out: &mut Vec<u8>, tag: &str, piece: &[u8]) {
     out.reserve(tag.len() + 2 + piece.len() + 1);

@@ -297,8 +297,8 @@ impl Outputs {
     /// reads, and relays its whole lines. Returns true at end of file.
     pub fn read_pipe(&self, tag: &str, pipe: &mut LinePipe) -> bool {
         let mut buf = [0u8; READ_SIZE];
-        let mut out = Vec::new();
-        let mut emit = |piece: &[u8]| tagged(&mut out, tag, piece);
+        let mut out = TaggedLines::new(tag);
+        let mut emit = |piece: &[u8]| out.push(piece);
         let others = self.partial_total.get().saturating_sub(pipe.lines.held());
         let mut eof = false;
         for _ in 0..READS_PER_WAKE {
@@ -321,7 +321,7 @@ impl Outputs {
             pipe.lines.flush(&mut emit);
         }
         self.partial_total.set(others + pipe.lines.held());
-        relay::lines(Stream::Stdout, out);
+        out.relay();
         eof
     }
 

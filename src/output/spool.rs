@@ -10,7 +10,6 @@ use log::warn;
 
 use crate::display::{self, quoted};
 use crate::platform;
-use crate::relay::{self, Stream};
 
 use super::*;
 
@@ -35,7 +34,7 @@ impl Outputs {
     pub fn settle_spool(&self, tag: &str, path: &Path, failed: bool) {
         if failed {
             match self.spool_tail(tag, path) {
-                Ok(out) => relay::lines(Stream::Stdout, out),
+                Ok(out) => out.relay(),
                 Err(err) => warn!(
                     "{tag}: cannot read its captured output {}: {err}",
                     quoted(path)
@@ -47,31 +46,31 @@ impl Outputs {
 
     /// The end of a spool file as tagged lines, within the task's and the
     /// run's limits.
-    pub(super) fn spool_tail(&self, tag: &str, path: &Path) -> io::Result<Vec<u8>> {
+    pub(super) fn spool_tail<'a>(&self, tag: &'a str, path: &Path) -> io::Result<TaggedLines<'a>> {
         let mut file = File::open(path)?;
         let size = file.metadata()?.len();
         let full = spool_full(&file);
         let left = SHOWN_PER_RUN.saturating_sub(self.shown.get());
         if size > 0 && left == 0 {
             self.not_shown.set(self.not_shown.get() + 1);
-            return Ok(Vec::new());
+            return Ok(TaggedLines::new(tag));
         }
         let shown = size.min(SHOWN_PER_TASK).min(left);
-        let mut out = Vec::new();
+        let mut out = TaggedLines::new(tag);
         if shown < size {
             let line = format!(
                 "[… {} of output cut; the last {} follow]",
                 display::size(size - shown),
                 display::size(shown)
             );
-            tagged(&mut out, tag, line.as_bytes());
+            out.push(line.as_bytes());
             file.seek(SeekFrom::Start(size - shown))?;
         }
         // Only what was there when the task ended: a child it left behind
         // may still be appending.
         let mut rest = file.take(shown);
         let mut lines = Lines::default();
-        let mut emit = |piece: &[u8]| tagged(&mut out, tag, piece);
+        let mut emit = |piece: &[u8]| out.push(piece);
         let mut buf = [0u8; READ_SIZE];
         loop {
             match rest.read(&mut buf) {
@@ -88,7 +87,7 @@ impl Outputs {
                 "[output may be incomplete: the spool filesystem ({}) is full]",
                 quoted(tmp)
             );
-            tagged(&mut out, tag, line.as_bytes());
+            out.push(line.as_bytes());
         }
         self.shown.set(self.shown.get() + shown);
         Ok(out)

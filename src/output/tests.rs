@@ -72,7 +72,7 @@ fn a_long_spool_shows_its_last_64_kib_after_a_cut_line() {
     let mut content = vec![b'a'; 1_000_000];
     content.extend_from_slice(b"\nthe end\n");
     let path = spool(&outputs, 0, &content);
-    let out = outputs.spool_tail("t", &path).unwrap();
+    let out = outputs.spool_tail("t", &path).unwrap().out;
     let text = String::from_utf8(out).unwrap();
     let mut lines = text.lines();
     assert_eq!(
@@ -89,10 +89,27 @@ fn a_long_spool_shows_its_last_64_kib_after_a_cut_line() {
 }
 
 #[test]
+fn a_long_tag_on_empty_lines_is_bounded_by_the_relay_queue() {
+    let outputs = on_failure();
+    let path = spool(&outputs, 0, &[b'\n'; 64 * 1024]);
+    // As a quoted id of 255 bytes that all need escaping.
+    let tag = "x".repeat(1020);
+    let tail = outputs.spool_tail(&tag, &path).unwrap();
+    assert!(
+        tail.out.len() <= crate::relay::QUEUE_LIMIT,
+        "{}",
+        tail.out.len()
+    );
+    let shown = tail.out.len() / (tag.len() + 3);
+    assert_eq!(shown as u64 + tail.over(), 64 * 1024);
+    assert!(tail.over() > 60_000);
+}
+
+#[test]
 fn a_short_spool_is_shown_whole() {
     let outputs = on_failure();
     let path = spool(&outputs, 0, b"one\ntwo");
-    let out = outputs.spool_tail("t", &path).unwrap();
+    let out = outputs.spool_tail("t", &path).unwrap().out;
     assert_eq!(out, b"t: one\nt: two\n");
 }
 
@@ -103,7 +120,7 @@ fn the_run_limit_holds_back_later_failures() {
     let whole = (SHOWN_PER_RUN / SHOWN_PER_TASK) as usize;
     for slot in 0..whole + 3 {
         let path = spool(&outputs, slot, &content);
-        let out = outputs.spool_tail("t", &path).unwrap();
+        let out = outputs.spool_tail("t", &path).unwrap().out;
         assert_eq!(out.is_empty(), slot >= whole, "slot {slot}");
     }
     assert_eq!(outputs.shown.get(), SHOWN_PER_RUN);

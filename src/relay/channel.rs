@@ -108,6 +108,13 @@ impl Channel {
     }
 
     /// Queues `bytes` for `fd`; returns its sequence number.
+    /// Adds lines dropped before they reached the queue to its tally.
+    pub(super) fn count_dropped(&self, lines: u64, bytes: u64) {
+        let mut st = self.lock();
+        st.dropped.lines += lines;
+        st.dropped.bytes += bytes;
+    }
+
     pub(super) fn push(self: &Arc<Self>, fd: RawFd, mut bytes: Vec<u8>, bounded: bool) -> u64 {
         let mut st = self.lock();
         st.pushed += 1;

@@ -105,6 +105,14 @@ pub fn lines(stream: Stream, bytes: Vec<u8>) {
     }
 }
 
+/// Counts lines dropped before they were built (too many to hold), as if
+/// the queue had dropped them: they are reported the same way.
+pub fn dropped(stream: Stream, lines: u64, bytes: u64) {
+    if lines > 0 {
+        relay().channel(stream).count_dropped(lines, bytes);
+    }
+}
+
 /// Pushes bytes that must not be dropped (a report, an error message).
 /// Never blocks; [`finish`] waits for them.
 pub fn report(stream: Stream, bytes: Vec<u8>) {
