@@ -31,6 +31,9 @@ use super::url::{Expanded, Method};
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The start of a body kept for a failure message.
 pub const BODY_HEAD: usize = 4 * 1024;
+/// Reads from the socket in one step at most (of the caller's buffer, 16
+/// KiB in the supervisor), as for a task's output pipe.
+pub const READS_PER_STEP: usize = 4;
 /// The most a serialised request (line, headers, body) may take.
 const MAX_REQUEST: usize = 1 << 20;
 
@@ -104,9 +107,14 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads what has arrived; `Ok(0)` at the end of the connection.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads what has arrived; `Ok(0)` at the end of the connection. With
+    /// `from_socket` false, only what TLS has already decrypted (which
+    /// `poll` cannot see), else `WouldBlock`.
+    fn read(&mut self, buf: &mut [u8], from_socket: bool) -> io::Result<usize> {
         let Some(tls) = &mut self.tls else {
+            if !from_socket {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             return (&self.sock).read(buf);
         };
         loop {
@@ -120,6 +128,9 @@ impl Conn {
             }
             if self.eof {
                 return Ok(0);
+            }
+            if !from_socket {
+                return Err(io::ErrorKind::WouldBlock.into());
             }
             match tls.read_tls(&mut &self.sock)? {
                 0 => self.eof = true,
@@ -281,11 +292,16 @@ impl Exchange {
                 Err(e) => return self.io_failure(&e),
             }
         }
+        // A server that sends faster than this reads must not hold the
+        // supervisor: after READS_PER_STEP reads from the socket, the rest
+        // waits for the next wake.
+        let mut reads = 0;
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return self.fail("the connection is gone".into());
             };
-            let n = match conn.read(buf) {
+            reads += 1;
+            let n = match conn.read(buf, reads <= READS_PER_STEP) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Step::Wait {

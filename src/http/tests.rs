@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use super::exchange::{BODY_HEAD, Conn, Exchange, MAX_HEAD, Step};
+use super::exchange::{BODY_HEAD, Conn, Exchange, MAX_HEAD, READS_PER_STEP, Step};
 use super::url::{Method, RequestTemplate};
 
 /// A peer that reads the request head, writes `answer` in `pieces` (a
@@ -133,6 +133,45 @@ fn a_chunk_header_without_end_fails_at_the_bound() {
     answer.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
     let (reason, _) = failed(&answer, true);
     assert!(reason.contains("invalid response body"), "{reason}");
+}
+
+#[test]
+fn a_server_that_sends_faster_than_it_is_read_gets_a_few_reads_per_step() {
+    const BODY: usize = 4 << 20;
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY}\r\n\r\n");
+    let (sock, peer) = peer(vec![head.into_bytes(), vec![b'b'; BODY]], true);
+    rustix::net::sockopt::set_socket_recv_buffer_size(&sock, 1 << 20).unwrap();
+    let request = RequestTemplate::parse("http://127.0.0.1/{}", None, &[], None)
+        .unwrap()
+        .expand(OsStr::new("x"));
+    let log = tempfile::tempfile().unwrap();
+    let mut ex = Exchange::new(
+        Conn::new(sock, None),
+        "peer".into(),
+        Method::Get,
+        &request,
+        false,
+        Some(log.try_clone().unwrap()),
+    )
+    .unwrap();
+    let (mut buf, mut body) = (vec![0; 16 * 1024], vec![0; 16 * 1024]);
+    // Sends the request.
+    assert!(matches!(ex.step(&mut buf, &mut body), Step::Wait { .. }));
+    // Let the answer fill the socket's buffer, far beyond a step's reads.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(ex.step(&mut buf, &mut body), Step::Wait { .. }));
+    let taken = log.metadata().unwrap().len();
+    assert!(
+        taken > 0 && taken <= (READS_PER_STEP * buf.len()) as u64,
+        "{taken} bytes in one step"
+    );
+    // The rest comes with the following steps.
+    match drive(&mut ex) {
+        Ok(r) => assert_eq!(r.status, 200),
+        Err(f) => panic!("failed: {}", f.reason),
+    }
+    assert_eq!(log.metadata().unwrap().len(), BODY as u64);
+    peer.join().unwrap();
 }
 
 #[test]

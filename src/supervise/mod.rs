@@ -71,13 +71,16 @@
 //!   They go into bounded buffers drained by another thread (`relay`), and
 //!   log records go to syslog or the journal with non-blocking sends; what
 //!   does not fit is dropped and counted, and said once.
-//! * State records: handed to the state writer thread through a channel that
-//!   never blocks; the disk is that thread's business.
+//! * State records: queued in a list the state writer thread empties on
+//!   its own schedule (an uncontended lock, never a wait for the disk); the
+//!   disk is that thread's business.
 //! * With `--url` ([`requests`]): `socket` and `connect` with `O_NONBLOCK`
 //!   (connecting is under way when `connect` returns), `read`, `write` and
 //!   one `recv(MSG_PEEK|MSG_DONTWAIT)` per reused connection, all on
-//!   non-blocking sockets that `poll` watches; TLS is computation on
-//!   buffers. The host's name is looked up once before the first start, on
+//!   non-blocking sockets that `poll` watches, at most
+//!   [`crate::http::exchange::READS_PER_STEP`] reads per request and wake,
+//!   so a server that streams cannot keep the loop to itself; TLS is
+//!   computation on buffers. The host's name is looked up once before the first start, on
 //!   a thread of its own that the run waits for at most 10 s (an IP literal
 //!   needs no lookup). Under `--output dir=` the body is written to the
 //!   instance's log file: a local file-system call, as above.
