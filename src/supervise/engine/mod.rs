@@ -173,10 +173,7 @@ impl<'a, H: Host> Engine<'a, H> {
                     status,
                     usage,
                 } => self.exited(slot, status, usage),
-                Event::Done { slot, outcome } => {
-                    let what = outcome.describe(None, None);
-                    self.ended(slot, outcome, what, None);
-                }
+                Event::Done { slot, outcome } => self.ended(slot, outcome, None, None),
                 Event::OutputClosed { slot } => {
                     if let Some(task) = self.tasks.get_mut(&slot) {
                         task.output = false;
@@ -362,21 +359,30 @@ impl<'a, H: Host> Engine<'a, H> {
     }
 
     fn exited(&mut self, slot: usize, status: ExitStatus, usage: Option<Usage>) {
-        let (outcome, what) = match status {
-            ExitStatus::Code(0) => (Outcome::Ok, "exited with status 0".to_string()),
-            ExitStatus::Code(c) => (Outcome::Failed(c), format!("exited with status {c}")),
-            ExitStatus::Signal(s) => (
-                Outcome::Killed(s),
-                format!("killed by {}", platform::signal_name(s)),
-            ),
+        let outcome = match status {
+            ExitStatus::Code(0) => Outcome::Ok,
+            ExitStatus::Code(c) => Outcome::Failed(c),
+            ExitStatus::Signal(s) => Outcome::Killed(s),
         };
-        self.ended(slot, outcome, what, usage);
+        self.ended(slot, outcome, Some(status), usage);
     }
 
     /// The task's leader (or request) ended: `outcome` is its outcome unless
-    /// our timeout stopped it; `what` says how, for the debug log; `usage`
-    /// is what it cost, if the host knows.
-    fn ended(&mut self, slot: usize, outcome: Outcome, what: String, usage: Option<Usage>) {
+    /// our timeout stopped it; `status` is the leader's exit status (none
+    /// for a request); `usage` is what it cost, if the host knows.
+    fn ended(
+        &mut self,
+        slot: usize,
+        outcome: Outcome,
+        status: Option<ExitStatus>,
+        usage: Option<Usage>,
+    ) {
+        // How it ended, for the debug log only: not built at every end.
+        let what = log::log_enabled!(log::Level::Debug).then(|| match status {
+            Some(ExitStatus::Code(c)) => format!("exited with status {c}"),
+            Some(ExitStatus::Signal(s)) => format!("killed by {}", platform::signal_name(s)),
+            None => outcome.describe(None, None),
+        });
         let now = self.host.now();
         let kill_after = self.opts.kill_after;
         let Some(task) = self.tasks.get_mut(&slot) else {
@@ -410,12 +416,14 @@ impl<'a, H: Host> Engine<'a, H> {
             self.timers
                 .push(Reverse((later(now, kill_after), Timer::Drain, slot)));
         }
-        debug!(
-            instance = &*self.plan.entries[slot].id.to_string_lossy();
-            "{}: {what} after {}",
-            self.tag(slot),
-            display::duration(duration)
-        );
+        if let Some(what) = what {
+            debug!(
+                instance = &*self.plan.entries[slot].id.to_string_lossy();
+                "{}: {what} after {}",
+                self.tag(slot),
+                display::duration(duration)
+            );
+        }
         self.host.ended(slot, result.outcome.is_failure());
         self.record(slot, result);
         self.remove_if_settled(slot);
