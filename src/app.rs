@@ -17,6 +17,7 @@ use crate::hook::Hooks;
 use crate::plan::Plan;
 use crate::relay::{self, Stream, Undelivered};
 use crate::report::Report;
+use crate::state::StateDir;
 use crate::supervise::{self, RunStart};
 use crate::{discovery, dryrun, exit, lock, logging, output};
 
@@ -34,7 +35,8 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
         lock::check_dirs(&cfg.lock_base, &cfg.plan.name)?;
         output::check_log_dir(&cfg.supervision.output, false)?;
         if cfg.with_state {
-            health::prepare(&mut plan, state, &cfg.health, begun.start_wall);
+            let dir = state.and_then(|path| StateDir::open(path).ok().flatten());
+            health::prepare(&mut plan, dir.as_ref(), &cfg.health, begun.start_wall);
         }
         // stdout is line-buffered; a plan can have 100,000 lines.
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
@@ -51,8 +53,22 @@ pub fn run(args: RunArgs, begun: RunStart) -> Result<u8> {
             quoted(&cfg.plan.instances)
         );
     }
-    let closing = health::prepare(&mut plan, state, &cfg.health, begun.start_wall);
-    let mut history = History::start(&cfg.history, &plan, &begun);
+    // Made and checked once, for the holds before the run and the records
+    // during it. One this run may not write to (another user's) may still
+    // be read for its pauses.
+    let dir = state.map(StateDir::create);
+    let readable = match (&dir, state) {
+        (Some(Err(_)), Some(path)) => StateDir::open(path).ok().flatten(),
+        _ => None,
+    };
+    let usable = dir.as_ref().and_then(|made| made.as_ref().ok());
+    let closing = health::prepare(
+        &mut plan,
+        usable.or(readable.as_ref()),
+        &cfg.health,
+        begun.start_wall,
+    );
+    let mut history = History::start(&cfg.history, dir, &plan, &begun);
     let report = supervise::run(&plan, &begun, &cfg.supervision, &mut history);
     // The supervisor armed the relay's own stop handlers as it finished
     // (this is for a supervisor that could not start): from here on a stop

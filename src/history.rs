@@ -64,10 +64,16 @@ pub struct History<'a> {
 }
 
 impl<'a> History<'a> {
-    /// Starts recording: creates the state directory and writes the run
-    /// record. Without a usable state directory, the run goes ahead and
-    /// only the metrics file (if asked for) is written.
-    pub fn start(cfg: &Spec, plan: &'a Plan, clock: &RunStart) -> History<'a> {
+    /// Starts recording in `dir` (the state directory as made for the run,
+    /// or why it could not be) and writes the run record. Without a usable
+    /// state directory, the run goes ahead and only the metrics file (if
+    /// asked for) is written.
+    pub fn start(
+        cfg: &Spec,
+        dir: Option<anyhow::Result<StateDir>>,
+        plan: &'a Plan,
+        clock: &RunStart,
+    ) -> History<'a> {
         let trigger = if plan.manual {
             Trigger::Manual
         } else {
@@ -92,8 +98,8 @@ impl<'a> History<'a> {
             state: RunState::Running,
             ..RunRecord::default()
         });
-        let started = cfg.state_dir.as_deref().and_then(|path| {
-            match StateDir::create(path).and_then(|dir| {
+        let started = dir.and_then(|made| {
+            match made.and_then(|dir| {
                 Writer::start(dir.clone(), Arc::clone(&run), cfg.keep_runs).map(|w| (w, dir))
             }) {
                 Ok(started) => Some(started),

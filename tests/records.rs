@@ -242,7 +242,8 @@ fn render_all(instances: &[u8], run: &[u8], pauses: &[u8], notified: &[u8]) {
         remind: Some(Duration::from_secs(1)),
         ..health::Spec::default()
     };
-    let closing = health::prepare(&mut plan, Some(tmp.path()), &spec, now);
+    let dir = StateDir::open(tmp.path()).unwrap();
+    let closing = health::prepare(&mut plan, dir.as_ref(), &spec, now);
     for (i, id) in ids.iter().enumerate() {
         if let Some(held) = plan.held(i) {
             let _ = held.describe(None, None);

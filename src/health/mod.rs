@@ -30,7 +30,7 @@ mod settle;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::ValueEnum;
@@ -162,9 +162,9 @@ impl Verdict {
 /// `plan` the instances a run must not start now. Returns what the end of
 /// the run needs to settle the changes. Without a usable state directory
 /// nothing is held (the run warns about that directory anyway).
-pub fn prepare(plan: &mut Plan, state: Option<&Path>, spec: &Spec, start: SystemTime) -> Closing {
+pub fn prepare(plan: &mut Plan, dir: Option<&StateDir>, spec: &Spec, start: SystemTime) -> Closing {
     let mut closing = Closing::new(plan.manual, spec);
-    let Some(dir) = state.and_then(|path| StateDir::open(path).ok().flatten()) else {
+    let Some(dir) = dir else {
         return closing;
     };
     let pauses = dir.pauses().unwrap_or_else(|err| {

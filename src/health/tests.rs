@@ -477,7 +477,8 @@ fn prepare_holds_paused_and_backed_off_instances_at_their_slots() {
     };
     // Slots at +0 s, +15 s, +30 s, +45 s: c's pause ends at +30 s.
     let mut plan = plan_of(&["a", "b", "c", "d"], false);
-    let closing = prepare(&mut plan, Some(tmp.path()), &spec, wall(T0 + 5.0));
+    let dir = StateDir::open(tmp.path()).unwrap();
+    let closing = prepare(&mut plan, dir.as_ref(), &spec, wall(T0 + 5.0));
     let held: Vec<Option<Kind>> = (0..4).map(|s| plan.held(s).map(Outcome::kind)).collect();
     assert_eq!(
         held,
@@ -493,10 +494,12 @@ fn prepare_holds_paused_and_backed_off_instances_at_their_slots() {
     assert_eq!(closing.paused.keys().collect::<Vec<_>>(), ["a"]);
     // --only runs them anyway; a missing state directory holds nothing.
     let mut manual = plan_of(&["a", "b"], true);
-    prepare(&mut manual, Some(tmp.path()), &spec, wall(T0 + 5.0));
+    prepare(&mut manual, dir.as_ref(), &spec, wall(T0 + 5.0));
     assert_eq!((manual.held(0), manual.held(1)), (None, None));
     let mut none = plan_of(&["a"], false);
     let gone = tmp.path().join("nothing");
-    let closing = prepare(&mut none, Some(&gone), &spec, wall(T0));
+    let missing = StateDir::open(&gone).unwrap();
+    assert!(missing.is_none());
+    let closing = prepare(&mut none, missing.as_ref(), &spec, wall(T0));
     assert!(none.held(0).is_none() && closing.paused.is_empty());
 }
