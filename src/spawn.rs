@@ -172,9 +172,10 @@ fn c_string(bytes: &[u8]) -> io::Result<CString> {
 }
 
 /// `KEY=VALUE` as a C string.
-fn variable(key: &str, value: &[u8]) -> io::Result<CString> {
+fn variable(key: impl AsRef<[u8]>, value: &[u8]) -> io::Result<CString> {
+    let key = key.as_ref();
     let mut kv = Vec::with_capacity(key.len() + 1 + value.len());
-    kv.extend_from_slice(key.as_bytes());
+    kv.extend_from_slice(key);
     kv.push(b'=');
     kv.extend_from_slice(value);
     c_string(&kv)
@@ -216,12 +217,9 @@ impl Spawner {
             if OWN.iter().any(|own| key.as_bytes() == own.as_bytes()) {
                 continue;
             }
-            let mut kv = key.into_vec_bytes();
-            kv.push(b'=');
-            kv.extend_from_slice(value.as_bytes());
             // A variable that cannot be passed on is left out, as a shell
             // would never have received it.
-            if let Ok(kv) = CString::new(kv) {
+            if let Ok(kv) = variable(key.as_bytes(), value.as_bytes()) {
                 env.push(kv);
             }
         }
@@ -347,16 +345,6 @@ pub fn start_failure_code(err: &io::Error) -> u8 {
     match err.kind() {
         io::ErrorKind::NotFound => exit::NOT_FOUND,
         _ => exit::CANNOT_EXECUTE,
-    }
-}
-
-trait IntoVecBytes {
-    fn into_vec_bytes(self) -> Vec<u8>;
-}
-
-impl IntoVecBytes for OsString {
-    fn into_vec_bytes(self) -> Vec<u8> {
-        std::os::unix::ffi::OsStringExt::into_vec(self)
     }
 }
 
