@@ -623,3 +623,25 @@ fn without_threads_nothing_panics_and_the_report_arrives_whole() {
         "every start's diagnostic arrived: {ran}"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_during_the_last_drain_is_reported() {
+    let fx = Fixture::with(&names(4));
+    let (read, write) = std::io::pipe().unwrap();
+    let mut cmd = fx.run(&["--window", "100ms", "--output", "tag", "--"]);
+    // 300 kB each: scatter is left holding its 1 MiB queue for stdout.
+    record_then_print(&fx, &mut cmd, 300_000, "true");
+    cmd.stdout(write).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let err = drain(child.stderr.take().unwrap());
+    // The tasks are done and scatter waits for its reader; which goes away.
+    std::thread::sleep(Duration::from_millis(2000));
+    drop(read);
+    wait_within(&mut child, Duration::from_secs(30), "closed reader");
+    let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    assert!(
+        stderr.contains("cannot write to stdout") && stderr.contains("of output lost"),
+        "the lines lost at the end are said: {stderr}"
+    );
+}

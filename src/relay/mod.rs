@@ -137,18 +137,31 @@ pub fn deliver(stream: Stream, bytes: Vec<u8>) -> Result<(), Undelivered> {
 /// one did.
 pub fn finish() -> Option<i32> {
     let relay = RELAY.get()?;
-    let mut notices = String::new();
-    for channel in relay.channels() {
-        notices.push_str(&channel.take_notices());
+    let notices = |relay: &Relay| {
+        let mut text = String::new();
+        for channel in relay.channels() {
+            text.push_str(&channel.take_notices());
+        }
+        text.into_bytes()
+    };
+    let wait = |relay: &Relay| {
+        relay
+            .channels()
+            .iter()
+            .find_map(|channel| match channel.wait(None, &stopped) {
+                Err(Undelivered::Stopped(sig)) => Some(sig),
+                _ => None,
+            })
+    };
+    report(Stream::Stderr, notices(relay));
+    let stop = wait(relay);
+    // What the last writes lost (a reader gone meanwhile) is said too.
+    let late = notices(relay);
+    if stop.is_some() || late.is_empty() {
+        return stop;
     }
-    report(Stream::Stderr, notices.into_bytes());
-    relay
-        .channels()
-        .iter()
-        .find_map(|channel| match channel.wait(None, &stopped) {
-            Err(Undelivered::Stopped(sig)) => Some(sig),
-            _ => None,
-        })
+    report(Stream::Stderr, late);
+    wait(relay)
 }
 
 /// A `Write` that pushes each write as bounded lines: a logger's target.
