@@ -75,6 +75,15 @@ pub fn hex_unless_utf8(bytes: &[u8]) -> Option<String> {
         .then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// `1 line`, `2 lines`: a count with its word, plural unless one.
+pub fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 /// A byte count for humans, in binary units: `812 bytes`, `64 KiB`,
 /// `79.9 MiB`.
 pub fn size(bytes: u64) -> String {

@@ -103,7 +103,11 @@ pub fn resume(args: ResumeArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     if all {
         let n = ended.len();
-        writeln!(out, "resumed {n} instance{}", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            out,
+            "resumed {}",
+            crate::display::plural(n as u64, "instance")
+        )?;
     }
     for (i, pause) in ended.iter().enumerate() {
         match (pause, args.ids.get(i)) {

@@ -117,15 +117,15 @@ pub fn finish() {
     let dropped = DROPPED.swap(0, Ordering::Relaxed);
     if dropped > 0 {
         text.push_str(&format!(
-            "scatter: warning: {label} is not keeping up; {dropped} log record{} dropped\n",
-            if dropped == 1 { "" } else { "s" }
+            "scatter: warning: {label} is not keeping up; {} dropped\n",
+            crate::display::plural(dropped, "log record")
         ));
     }
     let failed = FAILED.swap(0, Ordering::Relaxed);
     if failed > 0 {
         text.push_str(&format!(
-            "scatter: warning: {failed} log record{} could not be sent to {label}: {}\n",
-            if failed == 1 { "" } else { "s" },
+            "scatter: warning: {} could not be sent to {label}: {}\n",
+            crate::display::plural(failed, "log record"),
             FIRST_ERROR.get().map_or("unknown error", String::as_str)
         ));
     }

@@ -351,8 +351,8 @@ impl Outputs {
         let n = self.not_shown.get();
         (n > 0).then(|| {
             format!(
-                "scatter: [output of {n} more failed task{} not shown: the run's {} limit was reached]\n",
-                if n == 1 { "" } else { "s" },
+                "scatter: [output of {} not shown: the run's {} limit was reached]\n",
+                display::plural(n as u64, "more failed task"),
                 display::size(SHOWN_PER_RUN)
             )
         })

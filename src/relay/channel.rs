@@ -282,7 +282,7 @@ impl Channel {
         if dropped.lines > 0 {
             text.push_str(&format!(
                 "scatter: warning: {} of output dropped ({}): the reader of {} was not keeping up\n",
-                plural(dropped.lines, "line"),
+                crate::display::plural(dropped.lines, "line"),
                 crate::display::size(dropped.bytes),
                 self.display_name(),
             ));
@@ -293,7 +293,7 @@ impl Channel {
                 "scatter: warning: cannot write to {}: {}; {} of output lost\n",
                 self.display_name(),
                 st.error.as_deref().unwrap_or("write error"),
-                plural(lost.lines, "line"),
+                crate::display::plural(lost.lines, "line"),
             ));
         }
         text
@@ -343,14 +343,6 @@ pub(super) fn whole_lines_within(bytes: &[u8], room: usize) -> usize {
 pub(super) fn count_lines(bytes: &[u8]) -> u64 {
     let newlines = memchr::memchr_iter(b'\n', bytes).count() as u64;
     newlines + u64::from(!bytes.is_empty() && !bytes.ends_with(b"\n"))
-}
-
-fn plural(n: u64, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
 }
 
 fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {

@@ -322,7 +322,7 @@ impl SafeDir {
             Err(err) => return Err(self.open_error(name, what, &shown, err)),
         };
         let meta = stat_file(&file, what, &shown)?;
-        if let Some(why) = own_file_problem(&meta, euid()) {
+        if let Some(why) = own_file_problem(&meta, crate::platform::euid()) {
             return Err(FileError::Refused(format!("{what} {shown} {why}")));
         }
         Ok((file, meta))

@@ -169,10 +169,6 @@ pub(super) fn component(name: &OsStr) -> io::Result<&OsStr> {
     Ok(name)
 }
 
-pub(super) fn euid() -> u32 {
-    crate::platform::euid()
-}
-
 pub(super) fn is(st: &Stat, t: FileType) -> bool {
     FileType::from_raw_mode(st.st_mode) == t
 }
@@ -190,7 +186,7 @@ fn check_link(
     let dir = rustix::fs::fstat(holder)
         .map_err(io::Error::from)
         .with_context(|| open_failed(kind, path, link.parent().unwrap_or(link)))?;
-    let Some(why) = link_problem(link_uid, dir.st_uid, dir.st_mode, euid()) else {
+    let Some(why) = link_problem(link_uid, dir.st_uid, dir.st_mode, crate::platform::euid()) else {
         return Ok(());
     };
     let msg = format!("{why}; refusing to follow it");
@@ -246,7 +242,7 @@ pub(super) fn check_dir(kind: DirKind, path: &Path, uid: u32, mode: u32) -> Resu
     if kind.shared {
         return Ok(());
     }
-    let me = euid();
+    let me = crate::platform::euid();
     let shown = quoted(path);
     let sub = quoted(path.join("scatter"));
     let flag = kind.flag;
