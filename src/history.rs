@@ -39,8 +39,6 @@ pub struct Spec {
 /// What the end of a run decided about health, when it has a state
 /// directory to remember it in.
 pub struct Settled {
-    /// The changes this run recorded, in order.
-    pub changes: Vec<Notice>,
     /// Every change still queued for the `--on-change` hook, oldest first
     /// (this run's and any an earlier run left).
     pub pending: Vec<Notice>,
@@ -191,9 +189,12 @@ impl<'a> History<'a> {
             .writer
             .take()
             .map(|writer| writer.finish_settled(keep, settle));
+        // The changes go to the report; that they were decided is what
+        // makes the run settled.
         let changes = changes.lock().ok().and_then(|mut c| c.take());
-        if let Some(changes) = &changes {
-            report.changes = changes.clone();
+        let decided = changes.is_some();
+        if let Some(changes) = changes {
+            report.changes = changes;
         }
         let (merged, pending) = written.map_or((None, Vec::new()), |w| (w.instances, w.pending));
         let empty = BTreeMap::new();
@@ -210,8 +211,10 @@ impl<'a> History<'a> {
                 warn!("cannot write the metrics file: {err:#}");
             }
         }
+        if !decided {
+            return None;
+        }
         Some(Settled {
-            changes: changes?,
             pending,
             state: self.state.take()?,
         })
