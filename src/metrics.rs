@@ -46,17 +46,19 @@ pub struct Snapshot<'a> {
     pub instances: &'a BTreeMap<String, InstanceRecord>,
 }
 
+/// One gauge: its help, its type, and a sample per label set.
+fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {}", number(*value));
+    }
+}
+
 /// Renders the metrics in the Prometheus text exposition format.
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::new();
     let job = format!("scatter_name=\"{}\"", escape(s.name));
-    let gauge = |out: &mut String, name: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {}", number(*value));
-        }
-    };
     gauge(
         &mut out,
         "scatter_run_duration_seconds",
@@ -172,22 +174,17 @@ pub fn render(s: &Snapshot<'_>) -> String {
 
 /// What held the run back, and what each instance's task cost.
 fn render_costs(out: &mut String, s: &Snapshot<'_>, job: &str, label: &dyn Fn(&str) -> String) {
-    let mut gauge = |name: &str, help: &str, samples: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {}", number(value));
-        }
-    };
     gauge(
+        out,
         "scatter_run_delayed_by_pressure",
         "Starts of the last run that waited for pressure to fall (--max-pressure, --max-load).",
-        vec![(job.to_string(), s.report.pressure.delayed as f64)],
+        &[(job.to_string(), s.report.pressure.delayed as f64)],
     );
     gauge(
+        out,
         "scatter_run_pressure_delay_max_seconds",
         "The longest a start of the last run waited for pressure, from its slot.",
-        vec![(
+        &[(
             job.to_string(),
             s.report.pressure.longest.map_or(0.0, |d| d.as_secs_f64()),
         )],
@@ -202,9 +199,10 @@ fn render_costs(out: &mut String, s: &Snapshot<'_>, job: &str, label: &dyn Fn(&s
             .collect::<Vec<_>>()
     };
     gauge(
+        out,
         "scatter_instance_last_cpu_seconds",
         "CPU time of the instance's last task and the descendants it waited for, by mode.",
-        per_instance(&|r| {
+        &per_instance(&|r| {
             [
                 (",mode=\"user\"", r.last_cpu_user_secs),
                 (",mode=\"system\"", r.last_cpu_sys_secs),
@@ -215,9 +213,10 @@ fn render_costs(out: &mut String, s: &Snapshot<'_>, job: &str, label: &dyn Fn(&s
         }),
     );
     gauge(
+        out,
         "scatter_instance_last_max_rss_bytes",
         "Peak resident memory of the instance's last task (at least scatter's own, see the README).",
-        per_instance(&|r| {
+        &per_instance(&|r| {
             r.last_max_rss_kib
                 .map(|k| ("", k as f64 * 1024.0))
                 .into_iter()
@@ -225,14 +224,16 @@ fn render_costs(out: &mut String, s: &Snapshot<'_>, job: &str, label: &dyn Fn(&s
         }),
     );
     gauge(
+        out,
         "scatter_instance_cpu_seconds_average",
         "CPU time of the instance's task, user and system, as a weighted average over runs (alpha 0.3).",
-        per_instance(&|r| r.avg_cpu_secs().map(|v| ("", v)).into_iter().collect()),
+        &per_instance(&|r| r.avg_cpu_secs().map(|v| ("", v)).into_iter().collect()),
     );
     gauge(
+        out,
         "scatter_instance_max_rss_bytes_average",
         "Peak resident memory of the instance's task, as a weighted average over runs (alpha 0.3).",
-        per_instance(&|r| {
+        &per_instance(&|r| {
             r.avg_max_rss_kib
                 .map(|k| ("", k * 1024.0))
                 .into_iter()
