@@ -40,9 +40,12 @@ impl Filter {
         })
     }
 
-    /// Whether `id` is an instance to run.
+    /// Whether `id` is an instance to run: [`Filter::why_not`]'s answer,
+    /// without finding every matching glob and naming one.
     pub fn admits(&self, id: &OsStr) -> bool {
-        self.why_not(id).is_none()
+        let path = Path::new(id);
+        !self.exclude.as_ref().is_some_and(|e| e.is_match(path))
+            && self.include.as_ref().is_none_or(|i| i.is_match(path))
     }
 
     /// Why `id` is left out, in words naming the flag (`--exclude 'lost+found'`
@@ -144,6 +147,23 @@ mod tests {
         assert!(!star.admits(OsStr::new("new\nline")));
         assert!(f(&["x'*"], &[]).admits(OsStr::new("x'; rm -rf ~")));
         assert!(f(&["caf?"], &[]).admits(OsStr::from_bytes(b"caf\xe9")));
+    }
+
+    #[test]
+    fn admits_agrees_with_why_not() {
+        let filters = [
+            f(&[], &[]),
+            f(&["a*"], &[]),
+            f(&[], &["lost+found", "_*"]),
+            f(&["a*", "b?"], &["ab*", "*x"]),
+        ];
+        let ids = ["a", "ab", "abx", "b1", "b12", "lost+found", "_t", "x", ""];
+        for filter in &filters {
+            for id in ids {
+                let id = OsStr::new(id);
+                assert_eq!(filter.admits(id), filter.why_not(id).is_none(), "{id:?}");
+            }
+        }
     }
 
     #[test]
