@@ -34,7 +34,7 @@ use std::fmt;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +50,7 @@ use crate::exit::Fatal;
 mod tests;
 mod walk;
 
+pub use walk::is_one_component;
 use walk::*;
 
 /// How many symlinks one walk follows, as the kernel's own limit.
@@ -141,14 +142,6 @@ const FILE_FLAGS: OFlags = OFlags::NOFOLLOW
 /// cannot serve is returned for messages. Used to choose between a system
 /// directory and a per-user fallback, so the dry run and the real run
 /// choose the same.
-/// Whether `name` is one plain path component: not empty, not `.` or `..`,
-/// and without a `/`. Every instance id and every file name scatter makes
-/// inside a directory is one.
-pub fn is_one_component(name: &OsStr) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty() && !bytes.contains(&b'/') && bytes != b"." && bytes != b".."
-}
-
 pub fn usable_or_creatable(dir: &Path, kind: DirKind) -> std::result::Result<(), String> {
     match SafeDir::existing(dir, kind) {
         Ok(Some(_)) => Ok(()),

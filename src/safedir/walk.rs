@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::io::{self};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -158,9 +158,17 @@ fn push_components(pending: &mut Vec<OsString>, path: &Path) {
     }
 }
 
+/// Whether `name` is one plain path component: not empty, not `.` or `..`,
+/// and without a `/`. Every instance id and every file name scatter makes
+/// inside a directory is one.
+pub fn is_one_component(name: &OsStr) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty() && !bytes.contains(&b'/') && bytes != b"." && bytes != b".."
+}
+
 /// Refuses a name that is not one plain path component.
 pub(super) fn component(name: &OsStr) -> io::Result<&OsStr> {
-    if !super::is_one_component(name) {
+    if !is_one_component(name) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a file name", quoted(name)),
