@@ -18,7 +18,7 @@
 //!   kills the running hook and leaves the rest queued.
 //! * **Output** (stdout and stderr, one pipe) goes to scatter's stderr
 //!   through the relay, each line tagged `scatter: on-change EVENT ID:`,
-//!   at most [`SHOWN`] per hook; a line is cut at [`MAX_LINE`].
+//!   at most [`SHOWN`] per hook; a line is cut at [`crate::output::MAX_LINE`].
 //! * **Failure** (a non-zero exit, a signal, the timeout, a program that
 //!   cannot start) is logged as a warning and never changes the run's exit
 //!   code.
@@ -38,6 +38,7 @@ use log::{debug, warn};
 use signal_hook::consts::SIGKILL;
 
 use crate::display::{self, quoted};
+use crate::output::{Lines, tagged};
 use crate::platform::{self, ExitStatus, PollFd, PollFlags};
 use crate::relay::{self, Stream};
 use crate::state::health::short_reason;
@@ -46,8 +47,6 @@ use crate::transition::Transition;
 
 /// The most of one hook's output shown; the rest is counted.
 pub const SHOWN: usize = 64 * 1024;
-/// The longest line shown whole; a longer one is cut into pieces.
-pub const MAX_LINE: usize = 16 * 1024;
 /// How often a hook's wait looks for a stop signal.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -250,7 +249,7 @@ pub fn environment(
 /// [`SHOWN`] bytes, the rest counted.
 struct Shown {
     tag: String,
-    partial: Vec<u8>,
+    lines: Lines,
     shown: usize,
     cut: usize,
 }
@@ -259,7 +258,7 @@ impl Shown {
     fn new(tag: String) -> Shown {
         Shown {
             tag,
-            partial: Vec::new(),
+            lines: Lines::default(),
             shown: 0,
             cut: 0,
         }
@@ -282,49 +281,24 @@ impl Shown {
         true
     }
 
-    fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let room = MAX_LINE - self.partial.len();
-            let take = &data[..data.len().min(room)];
-            match memchr::memchr(b'\n', take) {
-                Some(i) => {
-                    self.partial.extend_from_slice(&take[..=i]);
-                    data = &data[i + 1..];
-                }
-                None => {
-                    self.partial.extend_from_slice(take);
-                    data = &data[take.len()..];
-                    if self.partial.len() < MAX_LINE {
-                        return;
-                    }
-                }
-            }
-            self.emit();
-        }
-    }
-
-    fn emit(&mut self) {
-        let line = std::mem::take(&mut self.partial);
-        if line.is_empty() {
-            return;
-        }
-        if self.shown + line.len() > SHOWN {
-            self.cut += line.len();
-            return;
-        }
-        self.shown += line.len();
-        let mut out = Vec::with_capacity(self.tag.len() + 2 + line.len() + 1);
-        out.extend_from_slice(self.tag.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(&line);
-        if !line.ends_with(b"\n") {
-            out.push(b'\n');
-        }
-        relay::lines(Stream::Stderr, out);
+    fn feed(&mut self, data: &[u8]) {
+        let Shown {
+            tag,
+            lines,
+            shown,
+            cut,
+        } = self;
+        lines.feed(data, &mut |piece| show(tag, shown, cut, piece));
     }
 
     fn finish(&mut self) {
-        self.emit();
+        let Shown {
+            tag,
+            lines,
+            shown,
+            cut,
+        } = self;
+        lines.flush(&mut |piece| show(tag, shown, cut, piece));
         if self.cut > 0 {
             relay::lines(
                 Stream::Stderr,
@@ -337,4 +311,17 @@ impl Shown {
             );
         }
     }
+}
+
+/// Relays one piece of a hook's output, tagged, while the hook's share
+/// lasts; past it, only counts it.
+fn show(tag: &str, shown: &mut usize, cut: &mut usize, piece: &[u8]) {
+    if *shown + piece.len() > SHOWN {
+        *cut += piece.len();
+        return;
+    }
+    *shown += piece.len();
+    let mut out = Vec::new();
+    tagged(&mut out, tag, piece);
+    relay::lines(Stream::Stderr, out);
 }

@@ -7,7 +7,7 @@ use super::*;
 /// byte is looked at once however long the line, and only the unfinished
 /// end is kept.
 #[derive(Default)]
-pub(super) struct Lines {
+pub(crate) struct Lines {
     pub(super) partial: Vec<u8>,
 }
 
@@ -15,7 +15,7 @@ impl Lines {
     /// Calls `emit` with each complete piece of the stream so far (a line
     /// with its newline, or [`MAX_LINE`] bytes of a longer one) and keeps
     /// the unfinished rest.
-    pub(super) fn feed(&mut self, mut data: &[u8], emit: &mut impl FnMut(&[u8])) {
+    pub(crate) fn feed(&mut self, mut data: &[u8], emit: &mut impl FnMut(&[u8])) {
         while !data.is_empty() {
             let room = MAX_LINE - self.partial.len();
             let window = &data[..data.len().min(room)];
@@ -41,7 +41,7 @@ impl Lines {
     }
 
     /// Emits the unfinished rest, if any.
-    pub(super) fn flush(&mut self, emit: &mut impl FnMut(&[u8])) {
+    pub(crate) fn flush(&mut self, emit: &mut impl FnMut(&[u8])) {
         if !self.partial.is_empty() {
             emit(&self.partial);
             self.partial = Vec::new();
@@ -101,7 +101,7 @@ impl<'a> TaggedLines<'a> {
 }
 
 /// Appends `tag: piece` to `out`, with a newline if the piece has none.
-pub(super) fn tagged(out: &mut Vec<u8>, tag: &str, piece: &[u8]) {
+pub(crate) fn tagged(out: &mut Vec<u8>, tag: &str, piece: &[u8]) {
     out.reserve(tag.len() + 2 + piece.len() + 1);
     out.extend_from_slice(tag.as_bytes());
     out.extend_from_slice(b": ");

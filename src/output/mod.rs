@@ -73,6 +73,7 @@ mod spool;
 mod tests;
 
 use lines::*;
+pub(crate) use lines::{Lines, tagged};
 use spool::UNSPOOLED;
 
 /// Where the tasks' stdout and stderr go.
