@@ -282,23 +282,14 @@ impl Shown {
     }
 
     fn feed(&mut self, data: &[u8]) {
-        let Shown {
-            tag,
-            lines,
-            shown,
-            cut,
-        } = self;
-        lines.feed(data, &mut |piece| show(tag, shown, cut, piece));
+        let (tag, shown, cut) = (&self.tag, &mut self.shown, &mut self.cut);
+        self.lines
+            .feed(data, &mut |piece| show(tag, shown, cut, piece));
     }
 
     fn finish(&mut self) {
-        let Shown {
-            tag,
-            lines,
-            shown,
-            cut,
-        } = self;
-        lines.flush(&mut |piece| show(tag, shown, cut, piece));
+        let (tag, shown, cut) = (&self.tag, &mut self.shown, &mut self.cut);
+        self.lines.flush(&mut |piece| show(tag, shown, cut, piece));
         if self.cut > 0 {
             relay::lines(
                 Stream::Stderr,

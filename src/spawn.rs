@@ -353,6 +353,37 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
+    /// A task's stdin from /dev/null and its stdout and stderr into a file.
+    struct Captured {
+        tmp: tempfile::TempDir,
+        _files: (std::fs::File, std::fs::File),
+        output: Output,
+    }
+
+    impl Captured {
+        fn new() -> Captured {
+            use std::os::fd::AsRawFd;
+            let tmp = tempfile::tempdir().unwrap();
+            let out = std::fs::File::create(tmp.path().join("out")).unwrap();
+            let null = std::fs::File::open("/dev/null").unwrap();
+            let output = Output {
+                stdin: null.as_raw_fd(),
+                stdout: Redirect::Fd(out.as_raw_fd()),
+                stderr: Redirect::Fd(out.as_raw_fd()),
+                keep: None,
+            };
+            Captured {
+                tmp,
+                _files: (out, null),
+                output,
+            }
+        }
+
+        fn text(&self) -> String {
+            std::fs::read_to_string(self.tmp.path().join("out")).unwrap()
+        }
+    }
+
     fn spawn_and_wait(argv: &[&str], output: &Output, lock: &std::fs::File) -> i32 {
         spawn_and_wait_with(Spawner::new("123.5").unwrap(), argv, output, lock)
     }
@@ -381,27 +412,19 @@ mod tests {
     #[test]
     fn a_task_gets_its_environment_group_stdin_and_the_lock_only() {
         use std::os::fd::AsRawFd;
-        let tmp = tempfile::tempdir().unwrap();
-        let out = std::fs::File::create(tmp.path().join("out")).unwrap();
+        let cap = Captured::new();
         let lock = tempfile::tempfile().unwrap();
         // Close-on-exec, like every descriptor scatter opens; another one
         // that must not reach the task.
         let other = tempfile::tempfile().unwrap();
-        let null = std::fs::File::open("/dev/null").unwrap();
-        let output = Output {
-            stdin: null.as_raw_fd(),
-            stdout: Redirect::Fd(out.as_raw_fd()),
-            stderr: Redirect::Fd(out.as_raw_fd()),
-            keep: None,
-        };
         let script = format!(
             "printf '%s|%s|%s|%s|%s\\n' \"$SCATTER_INSTANCE\" \"$SCATTER_INSTANCE_DIR\" \"$SCATTER_SLOT\" \"$SCATTER_WINDOW_START\" \"$SCATTER_LOCK_FD\"; \
              [ -e /proc/self/fd/$SCATTER_LOCK_FD ] && echo lock; [ -e /proc/self/fd/{} ] && echo other; \
              [ \"$(ps -o pgid= -p $$ | tr -d ' ')\" = \"$$\" ] && echo leader; read x || echo eof; kill -s PIPE $$; echo survived",
             other.as_raw_fd()
         );
-        let status = spawn_and_wait(&["sh", "-c", &script], &output, &lock);
-        let text = std::fs::read_to_string(tmp.path().join("out")).unwrap();
+        let status = spawn_and_wait(&["sh", "-c", &script], &cap.output, &lock);
+        let text = cap.text();
         // SIGPIPE is back at its default: the shell dies of it.
         assert!(
             libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGPIPE,
@@ -421,23 +444,14 @@ mod tests {
 
     #[test]
     fn the_lock_reaches_the_task_without_the_file_action_too() {
-        use std::os::fd::AsRawFd;
-        let tmp = tempfile::tempdir().unwrap();
-        let out = std::fs::File::create(tmp.path().join("out")).unwrap();
+        let cap = Captured::new();
         let lock = tempfile::tempfile().unwrap();
-        let null = std::fs::File::open("/dev/null").unwrap();
-        let output = Output {
-            stdin: null.as_raw_fd(),
-            stdout: Redirect::Fd(out.as_raw_fd()),
-            stderr: Redirect::Fd(out.as_raw_fd()),
-            keep: None,
-        };
         // As on a C library whose dup2 onto itself keeps close-on-exec.
         let mut spawner = Spawner::new("1").unwrap();
         spawner.lock_by_action = false;
         let script = "[ -e /proc/self/fd/$SCATTER_LOCK_FD ] && echo lock";
-        spawn_and_wait_with(spawner, &["sh", "-c", script], &output, &lock);
-        let text = std::fs::read_to_string(tmp.path().join("out")).unwrap();
+        spawn_and_wait_with(spawner, &["sh", "-c", script], &cap.output, &lock);
+        let text = cap.text();
         assert_eq!(text, "lock\n");
         // scatter's own descriptor is close-on-exec again.
         let flags = rustix::io::fcntl_getfd(&lock).unwrap();
